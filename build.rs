@@ -1,0 +1,12 @@
+//! Compiles the protobuf contract in `proto/` with `protox` (a pure-Rust protobuf compiler),
+//! so building needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/smki/v1/events.proto", "proto/smki/store/v1/store.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    prost_build::Config::new().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! Service configuration: a TOML file, overridden by environment variables, overridden by
+//! command-line flags (DESIGN §8). Any librdkafka property passes through (`-X key=value`,
+//! or the `[kafka.properties]` table), so TLS and SASL need no code here.
+//!
+//! Environment variables (each overrides the file's value):
+//! `SMKI_BOOTSTRAP_SERVERS`, `SMKI_TOPIC`, `SMKI_GROUP_ID`, `SMKI_DEAD_LETTER_TOPIC`,
+//! `SMKI_STORE_PATH`, `SMKI_TIME_ZONE`, `SMKI_BATCH_MAX_RECORDS`, `SMKI_BATCH_MAX_MS`,
+//! `SMKI_LOG_FORMAT`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use serde::Deserialize;
+
+/// The whole configuration of the service.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Kafka connection and topics.
+    pub kafka: KafkaConfig,
+    /// The state store.
+    pub store: StoreConfig,
+    /// The ingest loop.
+    pub ingest: IngestConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Kafka connection and topics.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// The certificate-events topic.
+    pub topic: String,
+    /// Consumer group id; instances of one deployment share it.
+    pub group_id: String,
+    /// Dead-letter topic; empty means `<topic>.dlq`.
+    pub dead_letter_topic: String,
+    /// Any further librdkafka properties (e.g. `security.protocol`, `ssl.ca.location`,
+    /// `sasl.mechanism`), applied to every client this service creates.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "localhost:9092".into(),
+            topic: "smki.certificate-events".into(),
+            group_id: "smki-extract".into(),
+            dead_letter_topic: String::new(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The dead-letter topic, defaulted from the events topic.
+    pub fn dead_letter_topic(&self) -> String {
+        if self.dead_letter_topic.is_empty() {
+            format!("{}.dlq", self.topic)
+        } else {
+            self.dead_letter_topic.clone()
+        }
+    }
+
+    /// librdkafka settings shared by every client: servers plus the pass-through properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// The state store.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the RocksDB store.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("./smki-store"),
+        }
+    }
+}
+
+/// The ingest loop.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// A batch is committed after this many records...
+    pub batch_max_records: usize,
+    /// ...or when its first record is this old (milliseconds), whichever comes first.
+    pub batch_max_ms: u64,
+    /// IANA zone whose calendar days the deltas follow.
+    pub time_zone: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_max_records: 10_000,
+            batch_max_ms: 250,
+            time_zone: crate::day::DEFAULT_TIME_ZONE.into(),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "human".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: KafkaConfig::default(),
+            store: StoreConfig::default(),
+            ingest: IngestConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Overrides given on the command line (each `None` leaves the value alone).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--bootstrap-servers`.
+    pub bootstrap_servers: Option<String>,
+    /// `--topic`.
+    pub topic: Option<String>,
+    /// `--group-id`.
+    pub group_id: Option<String>,
+    /// `--dead-letter-topic`.
+    pub dead_letter_topic: Option<String>,
+    /// `--store`.
+    pub store_path: Option<PathBuf>,
+    /// `--time-zone`.
+    pub time_zone: Option<String>,
+    /// `-X key=value`, applied in order.
+    pub properties: Vec<String>,
+}
+
+impl Config {
+    /// Parse a TOML text.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        toml::from_str(text).context("invalid configuration")
+    }
+
+    /// Load: defaults, then the file (if given), then `env`, then `flags`; then validate.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> Result<Config> {
+        let mut c = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading configuration {}", path.display()))?;
+                Config::from_toml(&text)
+                    .with_context(|| format!("in configuration file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        c.apply_env(env)?;
+        c.apply_flags(flags)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let set = |target: &mut String, name: &str| {
+            if let Some(v) = env(name) {
+                *target = v;
+            }
+        };
+        set(&mut self.kafka.bootstrap_servers, "SMKI_BOOTSTRAP_SERVERS");
+        set(&mut self.kafka.topic, "SMKI_TOPIC");
+        set(&mut self.kafka.group_id, "SMKI_GROUP_ID");
+        set(&mut self.kafka.dead_letter_topic, "SMKI_DEAD_LETTER_TOPIC");
+        set(&mut self.ingest.time_zone, "SMKI_TIME_ZONE");
+        set(&mut self.log.format, "SMKI_LOG_FORMAT");
+        if let Some(v) = env("SMKI_STORE_PATH") {
+            self.store.path = PathBuf::from(v);
+        }
+        if let Some(v) = env("SMKI_BATCH_MAX_RECORDS") {
+            self.ingest.batch_max_records = v
+                .parse()
+                .with_context(|| format!("SMKI_BATCH_MAX_RECORDS={v:?} is not a number"))?;
+        }
+        if let Some(v) = env("SMKI_BATCH_MAX_MS") {
+            self.ingest.batch_max_ms = v
+                .parse()
+                .with_context(|| format!("SMKI_BATCH_MAX_MS={v:?} is not a number"))?;
+        }
+        Ok(())
+    }
+
+    fn apply_flags(&mut self, f: &Overrides) -> Result<()> {
+        if let Some(v) = &f.bootstrap_servers {
+            self.kafka.bootstrap_servers = v.clone();
+        }
+        if let Some(v) = &f.topic {
+            self.kafka.topic = v.clone();
+        }
+        if let Some(v) = &f.group_id {
+            self.kafka.group_id = v.clone();
+        }
+        if let Some(v) = &f.dead_letter_topic {
+            self.kafka.dead_letter_topic = v.clone();
+        }
+        if let Some(v) = &f.store_path {
+            self.store.path = v.clone();
+        }
+        if let Some(v) = &f.time_zone {
+            self.ingest.time_zone = v.clone();
+        }
+        for kv in &f.properties {
+            let Some((k, v)) = kv.split_once('=') else {
+                bail!("-X {kv:?}: expected key=value");
+            };
+            self.kafka.properties.insert(k.trim().into(), v.trim().into());
+        }
+        Ok(())
+    }
+
+    /// Check values that would otherwise fail later and obscurely.
+    pub fn validate(&self) -> Result<()> {
+        if self.kafka.topic.is_empty() {
+            bail!("kafka.topic must not be empty");
+        }
+        if self.kafka.dead_letter_topic() == self.kafka.topic {
+            bail!("the dead-letter topic must differ from the events topic");
+        }
+        if self.kafka.group_id.is_empty() {
+            bail!("kafka.group_id must not be empty");
+        }
+        if self.ingest.batch_max_records == 0 {
+            bail!("ingest.batch_max_records must be at least 1");
+        }
+        crate::day::parse_time_zone(&self.ingest.time_zone)?;
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            bail!("log.format must be \"human\" or \"json\", not {:?}", self.log.format);
+        }
+        for key in ["bootstrap.servers", "group.id", "enable.auto.commit"] {
+            if self.kafka.properties.contains_key(key) {
+                bail!("kafka property {key:?} is set by the service; use the dedicated setting");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            r#"
+            [kafka]
+            bootstrap_servers = "file:9092"
+            topic = "file-topic"
+            [kafka.properties]
+            "security.protocol" = "SSL"
+            [ingest]
+            time_zone = "Europe/Paris"
+            "#,
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "SMKI_TOPIC" => Some("env-topic".to_string()),
+            "SMKI_BATCH_MAX_RECORDS" => Some("7".to_string()),
+            _ => None,
+        };
+        let flags = Overrides {
+            bootstrap_servers: Some("flag:9092".into()),
+            properties: vec!["sasl.mechanism=PLAIN".into()],
+            ..Default::default()
+        };
+        let c = Config::load(Some(&file), env, &flags).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "flag:9092");
+        assert_eq!(c.kafka.topic, "env-topic");
+        assert_eq!(c.kafka.dead_letter_topic(), "env-topic.dlq");
+        assert_eq!(c.ingest.batch_max_records, 7);
+        assert_eq!(c.ingest.time_zone, "Europe/Paris");
+        assert_eq!(c.kafka.properties["security.protocol"], "SSL");
+        assert_eq!(c.kafka.properties["sasl.mechanism"], "PLAIN");
+        let cc = c.kafka.client_config();
+        assert_eq!(cc.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(cc.get("bootstrap.servers"), Some("flag:9092"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let none = |_: &str| None;
+        let bad = |text: &str| {
+            let c = Config::from_toml(text).and_then(|c| c.validate().map(|_| c));
+            format!("{:#}", c.unwrap_err())
+        };
+        assert!(bad("[ingest]\ntime_zone = \"Mars/Base\"").contains("time zone"));
+        assert!(bad("[kafka]\ntopc = \"x\"").contains("unknown field"));
+        assert!(bad("[ingest]\nbatch_max_records = 0").contains("at least 1"));
+        let flags = Overrides {
+            properties: vec!["novalue".into()],
+            ..Default::default()
+        };
+        assert!(Config::load(None, none, &flags).unwrap_err().to_string().contains("key=value"));
+        let env = |k: &str| (k == "SMKI_BATCH_MAX_MS").then(|| "soon".to_string());
+        assert!(Config::load(None, env, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = Config::load(None, |_| None, &Overrides::default()).unwrap();
+        assert_eq!(c.kafka.dead_letter_topic(), "smki.certificate-events.dlq");
+        assert_eq!(c.ingest.time_zone, "Europe/London");
+    }
+}

@@ -1,0 +1,333 @@
+//! The Kafka side of ingest: a consumer-group member that feeds the [`Ingestor`].
+//!
+//! - On assignment each partition starts at the offset stored in RocksDB (from the beginning
+//!   when the store has never seen it: an empty store, offset 0, or a partition added to the
+//!   topic later). Kafka's committed offsets are never read for correctness.
+//! - On revocation (or loss) the in-flight batch is committed to the store first.
+//! - After each store commit the same offsets are committed to Kafka, asynchronously, only so
+//!   that lag tools see progress.
+//! - SIGTERM/SIGINT: stop polling, commit the batch, commit offsets, leave the group, exit 0.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use chrono_tz::Tz;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::deadletter::KafkaDeadLetters;
+use crate::ingest::{Committed, Ingestor, RecordRef};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How `run` ends besides a signal.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Exit once every assigned partition is at its end and nothing more arrives for
+    /// `end_grace` (tests, `replay`-like one-shot catch-up).
+    pub stop_at_end: bool,
+    /// How long the end must stay quiet before stopping.
+    pub end_grace: Duration,
+}
+
+/// What a run did (for the caller's report).
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    /// Records consumed (including skipped re-deliveries).
+    pub consumed: u64,
+    /// Events applied.
+    pub applied: u64,
+    /// Events dead-lettered.
+    pub dead_lettered: u64,
+    /// Duplicate events.
+    pub duplicates: u64,
+    /// From the first record received to the last one (throughput measurements).
+    pub busy: Duration,
+}
+
+/// Shared between the poll loop and the rebalance callback (which librdkafka runs inside
+/// `poll`, on the same thread, so the lock is never contended in practice).
+struct IngestContext {
+    ingestor: Mutex<Ingestor<KafkaDeadLetters>>,
+    topic: String,
+    assigned: Mutex<BTreeSet<i32>>,
+    at_end: Mutex<BTreeSet<i32>>,
+    fatal: Mutex<Option<anyhow::Error>>,
+    metrics: Metrics,
+}
+
+impl IngestContext {
+    fn ingestor(&self) -> MutexGuard<'_, Ingestor<KafkaDeadLetters>> {
+        self.ingestor.lock().expect("ingestor lock not poisoned")
+    }
+
+    fn fail(&self, e: anyhow::Error) {
+        error!("fatal: {e:#}");
+        self.fatal.lock().expect("not poisoned").get_or_insert(e);
+    }
+
+    /// Commit the pending batch to the store, then (informationally) to Kafka.
+    fn commit(&self, consumer: &BaseConsumer<IngestContext>, mode: CommitMode) -> Result<()> {
+        let committed = self.ingestor().commit()?;
+        if let Some(c) = committed {
+            commit_to_kafka(consumer, &self.topic, &c, mode);
+        }
+        Ok(())
+    }
+
+    fn on_assign(&self, consumer: &BaseConsumer<IngestContext>, tpl: &mut TopicPartitionList) -> Result<()> {
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        {
+            let mut ing = self.ingestor();
+            for p in &partitions {
+                let offset = match ing.next_offset(*p)? {
+                    Some(o) => Offset::Offset(o),
+                    None => Offset::Beginning,
+                };
+                info!(partition = p, ?offset, "assigned; starting at the offset in the state store");
+                tpl.set_partition_offset(&self.topic, *p, offset)
+                    .map_err(|e| anyhow!("setting start offset of partition {p}: {e}"))?;
+            }
+        }
+        match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        }
+        .context("assigning partitions")?;
+        let mut assigned = self.assigned.lock().expect("not poisoned");
+        assigned.extend(partitions);
+        self.metrics.partitions_assigned.set(assigned.len() as i64);
+        Ok(())
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<IngestContext>, tpl: &TopicPartitionList) -> Result<()> {
+        // Persist what was read from the revoked partitions before letting them go.
+        let result = self.commit(consumer, CommitMode::Sync);
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        info!(?partitions, "revoked");
+        let unassign = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = unassign {
+            warn!("unassigning: {e}");
+        }
+        let mut assigned = self.assigned.lock().expect("not poisoned");
+        let mut at_end = self.at_end.lock().expect("not poisoned");
+        for p in partitions {
+            assigned.remove(&p);
+            at_end.remove(&p);
+        }
+        self.metrics.partitions_assigned.set(assigned.len() as i64);
+        result
+    }
+}
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
+            other => {
+                warn!("rebalance error {other:?}; dropping the assignment");
+                let r = self.on_revoke(consumer, tpl);
+                if let Err(e) = consumer.unassign() {
+                    warn!("unassigning after a rebalance error: {e}");
+                }
+                r
+            }
+        };
+        if let Err(e) = result {
+            self.fail(e);
+        }
+    }
+}
+
+fn commit_to_kafka(
+    consumer: &BaseConsumer<IngestContext>,
+    topic: &str,
+    c: &Committed,
+    mode: CommitMode,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in &c.offsets {
+        if tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).is_err() {
+            return;
+        }
+    }
+    // Informational only (lag tools): failure is logged, never fatal.
+    if let Err(e) = consumer.commit(&tpl, mode) {
+        debug!("committing offsets to Kafka: {e}");
+    }
+}
+
+/// Build the consumer for `config`.
+fn consumer(config: &Config, context: IngestContext) -> Result<BaseConsumer<IngestContext>> {
+    let mut c = config.kafka.client_config();
+    // Defaults first, then the operator's pass-through properties may override them...
+    let mut cc = rdkafka::config::ClientConfig::new();
+    cc.set("auto.offset.reset", "earliest");
+    for (k, v) in c.config_map() {
+        cc.set(k, v);
+    }
+    c = cc;
+    // ...except what correctness depends on.
+    c.set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true");
+    c.create_with_context(context).context("creating the Kafka consumer")
+}
+
+/// Run the ingest service until `stop` is set (signal) or, with `stop_at_end`, until caught up.
+pub fn run(config: &Config, stop: Arc<AtomicBool>, opts: RunOptions, metrics: Metrics) -> Result<RunSummary> {
+    let tz: Tz = crate::day::parse_time_zone(&config.ingest.time_zone)?;
+    let store = Arc::new(Store::open(&config.store.path, &config.kafka.topic)?);
+    let dlq_topic = config.kafka.dead_letter_topic();
+    let sink = KafkaDeadLetters::new(&config.kafka.client_config(), &dlq_topic, &config.kafka.topic)?;
+    let ingestor = Ingestor::new(store, sink, tz, metrics.clone());
+    let context = IngestContext {
+        ingestor: Mutex::new(ingestor),
+        topic: config.kafka.topic.clone(),
+        assigned: Mutex::new(BTreeSet::new()),
+        at_end: Mutex::new(BTreeSet::new()),
+        fatal: Mutex::new(None),
+        metrics: metrics.clone(),
+    };
+    let consumer = consumer(config, context)?;
+    consumer
+        .subscribe(&[&config.kafka.topic])
+        .with_context(|| format!("subscribing to {}", config.kafka.topic))?;
+    info!(
+        topic = %config.kafka.topic,
+        group = %config.kafka.group_id,
+        dead_letters = %dlq_topic,
+        store = %config.store.path.display(),
+        "ingest started"
+    );
+
+    let max_records = config.ingest.batch_max_records;
+    let max_age = Duration::from_millis(config.ingest.batch_max_ms);
+    let mut batch_started: Option<Instant> = None;
+    let mut quiet_since: Option<Instant> = None;
+    let mut last_report = Instant::now();
+    let mut first_record: Option<Instant> = None;
+    let mut last_record: Option<Instant> = None;
+    let ctx = consumer.context().clone();
+    let outcome: Result<()> = loop {
+        if stop.load(Ordering::SeqCst) {
+            info!("stop requested");
+            break Ok(());
+        }
+        if let Some(e) = ctx.fatal.lock().expect("not poisoned").take() {
+            break Err(e);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                quiet_since = None;
+                first_record.get_or_insert_with(Instant::now);
+                last_record = Some(Instant::now());
+                ctx.at_end.lock().expect("not poisoned").remove(&msg.partition());
+                let rec = RecordRef {
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    key: msg.key(),
+                    value: msg.payload(),
+                };
+                let mut ing = ctx.ingestor();
+                if let Err(e) = ing.ingest(rec) {
+                    break Err(e);
+                }
+                batch_started.get_or_insert_with(Instant::now);
+                let full = ing.pending_records() >= max_records;
+                drop(ing);
+                if full {
+                    if let Err(e) = ctx.commit(&consumer, CommitMode::Async) {
+                        break Err(e);
+                    }
+                    batch_started = None;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ctx.at_end.lock().expect("not poisoned").insert(p);
+            }
+            Some(Err(e)) => warn!("consumer: {e}"),
+            None => {}
+        }
+        if batch_started.is_some_and(|t| t.elapsed() >= max_age) {
+            if let Err(e) = ctx.commit(&consumer, CommitMode::Async) {
+                break Err(e);
+            }
+            batch_started = None;
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            info!(
+                consumed = metrics.events_consumed.get(),
+                applied = metrics.events_applied.get(),
+                dead_lettered = metrics.dead_lettered_total(),
+                duplicates = metrics.events_duplicate.get(),
+                "progress"
+            );
+        }
+        if opts.stop_at_end {
+            let assigned = ctx.assigned.lock().expect("not poisoned").clone();
+            let at_end = ctx.at_end.lock().expect("not poisoned").clone();
+            if !assigned.is_empty() && assigned.is_subset(&at_end) && ctx.ingestor().pending_records() == 0 {
+                let since = *quiet_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= opts.end_grace {
+                    info!("every assigned partition is at its end; stopping");
+                    break Ok(());
+                }
+            } else {
+                quiet_since = None;
+            }
+        }
+    };
+    // Whatever happened, persist what was read (unless the store itself failed).
+    let final_commit = ctx.commit(&consumer, CommitMode::Sync);
+    let busy = match (first_record, last_record) {
+        (Some(a), Some(b)) => b - a,
+        _ => Duration::ZERO,
+    };
+    consumer.unsubscribe();
+    // Serve the revocation so the group rebalances promptly.
+    let _ = consumer.poll(Duration::from_millis(100));
+    outcome?;
+    final_commit?;
+    if let Some(e) = ctx.fatal.lock().expect("not poisoned").take() {
+        return Err(e);
+    }
+    let summary = RunSummary {
+        consumed: metrics.events_consumed.get(),
+        applied: metrics.events_applied.get(),
+        dead_lettered: metrics.dead_lettered_total(),
+        duplicates: metrics.events_duplicate.get(),
+        busy,
+    };
+    info!(?summary, "ingest stopped cleanly");
+    Ok(summary)
+}

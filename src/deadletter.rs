@@ -1,0 +1,272 @@
+//! Where bad events go (guarantee 2): the dead-letter topic, with the reason and the origin
+//! of each record in its headers.
+//!
+//! A dead letter carries the original key and value unchanged, plus headers:
+//! `smki-dlq-reason` (a stable code, see [`crate::ingest::Reason`]), `smki-dlq-detail`
+//! (human text), `smki-origin-topic`, `smki-origin-partition` and `smki-origin-offset`.
+//! Delivery is at-least-once: [`DeadLetterSink::flush`] returns only when every dead letter
+//! is acknowledged by the broker, and the ingest pipeline writes its offsets only after that.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+/// Header names of dead letters.
+pub mod headers {
+    /// Reason code.
+    pub const REASON: &str = "smki-dlq-reason";
+    /// Human explanation.
+    pub const DETAIL: &str = "smki-dlq-detail";
+    /// Topic the record was read from.
+    pub const ORIGIN_TOPIC: &str = "smki-origin-topic";
+    /// Partition the record was read from (decimal text).
+    pub const ORIGIN_PARTITION: &str = "smki-origin-partition";
+    /// Offset of the record (decimal text).
+    pub const ORIGIN_OFFSET: &str = "smki-origin-offset";
+}
+
+/// One rejected record on its way to the dead-letter topic.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadLetter<'a> {
+    /// Origin partition.
+    pub partition: i32,
+    /// Origin offset.
+    pub offset: i64,
+    /// Original key.
+    pub key: Option<&'a [u8]>,
+    /// Original value.
+    pub value: Option<&'a [u8]>,
+    /// Reason code.
+    pub reason: &'static str,
+    /// Human explanation.
+    pub detail: &'a str,
+}
+
+/// Somewhere dead letters can be sent and then acknowledged as a group.
+pub trait DeadLetterSink {
+    /// Queue one dead letter.
+    fn send(&mut self, letter: DeadLetter<'_>) -> Result<()>;
+    /// Return once every queued dead letter is durably accepted; an error if any failed.
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// An owned copy of a dead letter (in-memory sink, tests, the benchmark).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedDeadLetter {
+    /// Origin partition.
+    pub partition: i32,
+    /// Origin offset.
+    pub offset: i64,
+    /// Reason code.
+    pub reason: String,
+    /// Human explanation.
+    pub detail: String,
+}
+
+/// Keeps dead letters in memory: for the file-driven benchmark and unit tests, where there is
+/// no broker.
+#[derive(Default)]
+pub struct MemoryDeadLetters {
+    /// Every dead letter sent, in order.
+    pub letters: Vec<OwnedDeadLetter>,
+}
+
+impl DeadLetterSink for MemoryDeadLetters {
+    fn send(&mut self, l: DeadLetter<'_>) -> Result<()> {
+        self.letters.push(OwnedDeadLetter {
+            partition: l.partition,
+            offset: l.offset,
+            reason: l.reason.to_string(),
+            detail: l.detail.to_string(),
+        });
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Producer context that remembers delivery failures until the next flush.
+#[derive(Default)]
+pub struct DeliveryTracker {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl DeliveryTracker {
+    /// Deliveries that failed since the last flush check.
+    pub fn failed_deliveries(&self) -> u64 {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            let mut first = self.first_error.lock().expect("not poisoned");
+            first.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Dead letters produced to a Kafka topic.
+pub struct KafkaDeadLetters {
+    producer: ThreadedProducer<DeliveryTracker>,
+    tracker: Arc<DeliveryTracker>,
+    topic: String,
+    origin_topic: String,
+    flush_timeout: Duration,
+}
+
+impl KafkaDeadLetters {
+    /// A producer to `topic` for records read from `origin_topic`. `config` carries the
+    /// connection settings (bootstrap servers, TLS, SASL); idempotence is switched on so
+    /// retries never reorder or duplicate within a session.
+    pub fn new(config: &ClientConfig, topic: &str, origin_topic: &str) -> Result<Self> {
+        let mut config = config.clone();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5");
+        let producer: ThreadedProducer<DeliveryTracker> = config
+            .create_with_context(DeliveryTracker::default())
+            .context("creating the dead-letter producer")?;
+        let tracker = producer.context().clone();
+        Ok(KafkaDeadLetters {
+            producer,
+            tracker,
+            topic: topic.to_string(),
+            origin_topic: origin_topic.to_string(),
+            flush_timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// The dead-letter topic name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+impl DeadLetterSink for KafkaDeadLetters {
+    fn send(&mut self, l: DeadLetter<'_>) -> Result<()> {
+        let partition = l.partition.to_string();
+        let offset = l.offset.to_string();
+        let hdrs = OwnedHeaders::new()
+            .insert(Header { key: headers::REASON, value: Some(l.reason) })
+            .insert(Header { key: headers::DETAIL, value: Some(l.detail) })
+            .insert(Header { key: headers::ORIGIN_TOPIC, value: Some(self.origin_topic.as_str()) })
+            .insert(Header { key: headers::ORIGIN_PARTITION, value: Some(partition.as_str()) })
+            .insert(Header { key: headers::ORIGIN_OFFSET, value: Some(offset.as_str()) });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).headers(hdrs);
+        if let Some(k) = l.key {
+            record = record.key(k);
+        }
+        if let Some(v) = l.value {
+            record = record.payload(v);
+        }
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => bail!("queueing a dead letter for {}: {e}", self.topic),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.producer
+            .flush(self.flush_timeout)
+            .with_context(|| format!("dead letters to {} not acknowledged", self.topic))?;
+        let failed = self.tracker.failed.swap(0, Ordering::SeqCst);
+        if failed > 0 {
+            let first = self.tracker.first_error.lock().expect("not poisoned").take();
+            bail!(
+                "{failed} dead letters to {} failed: {}",
+                self.topic,
+                first.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Read every dead letter currently on `topic` (the demo's report, tests, operators' checks):
+/// assigns all partitions from the beginning and reads until each is at its end.
+pub fn read_all(config: &ClientConfig, topic: &str, timeout: Duration) -> Result<Vec<OwnedDeadLetter>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let mut config = config.clone();
+    config
+        .set("group.id", "smki-extract-dlq-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = config.create().context("creating the dead-letter reader")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("metadata of {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut remaining: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !remaining.is_empty() {
+        if std::time::Instant::now() > deadline {
+            bail!("timed out reading {topic}: partitions {remaining:?} not at their end");
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mut letter = OwnedDeadLetter {
+                    partition: -1,
+                    offset: -1,
+                    reason: String::new(),
+                    detail: String::new(),
+                };
+                if let Some(h) = m.headers() {
+                    for header in h.iter() {
+                        let v = String::from_utf8_lossy(header.value.unwrap_or_default()).to_string();
+                        match header.key {
+                            headers::REASON => letter.reason = v,
+                            headers::DETAIL => letter.detail = v,
+                            headers::ORIGIN_PARTITION => letter.partition = v.parse().unwrap_or(-1),
+                            headers::ORIGIN_OFFSET => letter.offset = v.parse().unwrap_or(-1),
+                            _ => {}
+                        }
+                    }
+                }
+                out.push(letter);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                remaining.remove(&p);
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,18 @@
+//! smki-extract: publishes the GB SMKI Repository extracts from a Kafka stream of
+//! certificate events. See DESIGN (shared) and README for the whole picture; each module
+//! below has one job.
+
+pub mod certificate;
+pub mod config;
+pub mod consumer;
+pub mod contract;
+pub mod day;
+pub mod demo;
+pub mod deadletter;
+pub mod eui64;
+pub mod eventfile;
+pub mod gen;
+pub mod ingest;
+pub mod metrics;
+pub mod mock;
+pub mod store;

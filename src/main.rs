@@ -1,0 +1,300 @@
+//! The `smki-extract` binary: one command with subcommands (DESIGN §8).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+
+use smki_extract::config::{Config, Overrides};
+use smki_extract::consumer::{self, RunOptions};
+use smki_extract::demo::{self, DemoOptions};
+use smki_extract::gen::{history, output};
+use smki_extract::metrics::Metrics;
+use smki_extract::store::Store;
+
+/// Publishes the GB SMKI Repository extracts from a Kafka stream of certificate events.
+#[derive(Parser)]
+#[command(name = "smki-extract", version, about)]
+struct Cli {
+    /// Log format: human or json (overrides the config file's log.format).
+    #[arg(long, global = true, env = "SMKI_LOG_FORMAT")]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: consume certificate events into the state store.
+    Run(RunArgs),
+    /// Generate a realistic, deterministic certificate event history.
+    Gen(GenArgs),
+    /// The whole pipeline on an embedded Kafka broker, with zero set-up.
+    Demo(DemoArgs),
+    /// Report what a state store holds (JSON on stdout).
+    Inspect(InspectArgs),
+}
+
+/// Where the configuration comes from; shared by commands that talk to Kafka.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "SMKI_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+    /// Certificate-events topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Consumer group id.
+    #[arg(long)]
+    group_id: Option<String>,
+    /// Dead-letter topic (default <topic>.dlq).
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// State store directory.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// IANA time zone of the extract calendar.
+    #[arg(long)]
+    time_zone: Option<String>,
+    /// Any librdkafka property, as key=value (repeatable), e.g. -X security.protocol=SSL.
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        let flags = Overrides {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            topic: self.topic.clone(),
+            group_id: self.group_id.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            store_path: self.store.clone(),
+            time_zone: self.time_zone.clone(),
+            properties: self.properties.clone(),
+        };
+        Config::load(self.config.as_deref(), |k| std::env::var(k).ok(), &flags)
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Exit once every assigned partition is consumed to its end (catch-up runs, tests).
+    #[arg(long)]
+    stop_at_end: bool,
+    /// With --stop-at-end: how long the end must stay quiet first (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    end_grace_ms: u64,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Seed: the same seed gives the same certificates and events, byte for byte.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of devices (two certificates each).
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Days of history.
+    #[arg(long, default_value_t = 15)]
+    days: u32,
+    /// First day (YYYY-MM-DD).
+    #[arg(long, default_value = "2026-10-19")]
+    start: NaiveDate,
+    /// Invalid events per thousand valid ones.
+    #[arg(long, default_value_t = 10)]
+    invalid_per_mille: u32,
+    /// Duplicate re-sends per thousand valid events.
+    #[arg(long, default_value_t = 5)]
+    duplicate_per_mille: u32,
+    /// Signing threads (output does not depend on it).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the records to this events file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Produce the records to the configured topic.
+    #[arg(long)]
+    produce: bool,
+    /// Write the expected end state (JSON) here.
+    #[arg(long)]
+    expect: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Directory for the store and generated files (must be empty or absent).
+    #[arg(long, default_value = "./smki-demo")]
+    dir: PathBuf,
+    /// Devices in the history.
+    #[arg(long, default_value_t = 2000)]
+    devices: usize,
+    /// Days of history.
+    #[arg(long, default_value_t = 15)]
+    days: u32,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Partitions of the events topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// State store directory.
+    #[arg(long)]
+    store: PathBuf,
+    /// Topic the store was built from.
+    #[arg(long, default_value = "smki.certificate-events")]
+    topic: String,
+    /// Also print one JSON line per certificate (key, status, events applied).
+    #[arg(long)]
+    records: bool,
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SMKI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = real_main(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    let log_format = cli.log_format.clone();
+    match cli.command {
+        Command::Run(args) => {
+            let config = args.config.load()?;
+            init_logging(log_format.as_deref().unwrap_or(&config.log.format));
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+            }
+            consumer::run(
+                &config,
+                stop,
+                RunOptions {
+                    stop_at_end: args.stop_at_end,
+                    end_grace: Duration::from_millis(args.end_grace_ms),
+                },
+                Metrics::new(),
+            )?;
+            Ok(())
+        }
+        Command::Gen(args) => {
+            init_logging(log_format.as_deref().unwrap_or("human"));
+            gen(args)
+        }
+        Command::Demo(args) => {
+            init_logging(log_format.as_deref().unwrap_or("human"));
+            demo::run(&DemoOptions {
+                dir: args.dir,
+                devices: args.devices,
+                days: args.days,
+                seed: args.seed,
+                partitions: args.partitions,
+            })
+        }
+        Command::Inspect(args) => inspect(args),
+    }
+}
+
+fn gen(args: GenArgs) -> Result<()> {
+    if args.out.is_none() && !args.produce {
+        anyhow::bail!("say where the events go: --out FILE and/or --produce");
+    }
+    let config = args.config.load()?;
+    let tz = smki_extract::day::parse_time_zone(&config.ingest.time_zone)?;
+    let t = Instant::now();
+    let spec = history::Spec {
+        seed: args.seed,
+        devices: args.devices,
+        days: args.days,
+        start: args.start,
+        tz,
+        invalid_per_mille: args.invalid_per_mille,
+        duplicate_per_mille: args.duplicate_per_mille,
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+    };
+    let h = history::generate(&spec)?;
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "generated {} events ({} certificates) in {secs:.1}s: {:.0} events/s",
+        h.records.len(),
+        h.expected.certificates.len(),
+        h.records.len() as f64 / secs
+    );
+    if let Some(path) = &args.expect {
+        output::write_expectations(&h.expected, path)?;
+    }
+    if let Some(path) = &args.out {
+        output::write_file(&h.records, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if args.produce {
+        let t = Instant::now();
+        let total = h.records.len();
+        output::produce(&h.records, &config.kafka.client_config(), &config.kafka.topic, |n| {
+            if n % 100_000 == 0 || n == total {
+                eprintln!("produced {n}/{total} ({:.0}/s)", n as f64 / t.elapsed().as_secs_f64());
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    let store = Store::open(&args.store, &args.topic)?;
+    if args.records {
+        for item in store.certificates() {
+            let (_, rec) = item?;
+            let status = smki_extract::contract::CertificateStatus::try_from(rec.status)
+                .map(|s| s.code())
+                .unwrap_or("?");
+            println!(
+                "{}",
+                serde_json::json!({
+                    "key": smki_extract::contract::record_key(&rec.issuer_name_der, &rec.serial),
+                    "status": status,
+                    "events": rec.applied_events,
+                })
+            );
+        }
+    }
+    let census: serde_json::Map<String, serde_json::Value> = store
+        .census()?
+        .into_iter()
+        .map(|((t, s), n)| (format!("{t}/{s}"), n.into()))
+        .collect();
+    let offsets: serde_json::Map<String, serde_json::Value> = store
+        .offsets()?
+        .into_iter()
+        .map(|(p, o)| (p.to_string(), o.into()))
+        .collect();
+    println!("{}", serde_json::json!({"census": census, "offsets": offsets}));
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Shared harness of the integration tests: the real tansu broker process, the independent
+//! Python Kafka client, and the `smki-extract` binary as a child process.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_smki-extract"))
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("SMKI_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/smki-extract"))
+}
+
+/// Path of a tool installed by `scripts/setup`, or a panic that says how to get it.
+fn tool(env: &str, default: PathBuf) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or(default);
+    assert!(
+        path.exists(),
+        "{} not found ({env}); run the suite with scripts/test, which installs it",
+        path.display()
+    );
+    path
+}
+
+/// Python with confluent-kafka.
+pub fn python() -> PathBuf {
+    tool("SMKI_PYTHON", cache().join("venv/bin/python"))
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A tansu broker process with SQLite storage on a free loopback port; killed on drop.
+pub struct Tansu {
+    child: Child,
+    /// `bootstrap.servers`.
+    pub bootstrap: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Tansu {
+    /// Start and wait until it accepts connections.
+    pub fn start() -> Tansu {
+        let exe = tool("SMKI_TANSU", cache().join("tansu-0.6.0/bin/tansu"));
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(exe)
+            .current_dir(dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .env_remove("STORAGE_ENGINE")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting tansu");
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&bootstrap).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start listening on {bootstrap}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Tansu {
+            child,
+            bootstrap,
+            _dir: dir,
+        }
+    }
+
+    /// Create topics (`name:partitions`) with the Python admin client.
+    pub fn create_topics(&self, specs: &[&str]) {
+        let mut args = vec!["create-topics", self.bootstrap.as_str()];
+        args.extend_from_slice(specs);
+        kafka_tool(&args);
+    }
+
+    /// Produce every record of an events file with the Python client.
+    pub fn produce_file(&self, topic: &str, file: &Path) {
+        kafka_tool(&["produce", &self.bootstrap, topic, file.to_str().unwrap()]);
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `tests/support/kafka_tool.py` and require success.
+pub fn kafka_tool(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_tool.py");
+    let out = Command::new(python()).arg(script).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "kafka_tool {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run `smki-extract gen` into an events file plus expectations; returns the expectations.
+pub fn gen_file(dir: &Path, seed: u64, devices: usize, days: u32, invalid_per_mille: u32) -> (PathBuf, serde_json::Value) {
+    let events = dir.join("events.bin");
+    let expect = dir.join("expected.json");
+    let out = Command::new(bin())
+        .args(["gen", "--seed", &seed.to_string(), "--devices", &devices.to_string()])
+        .args(["--days", &days.to_string(), "--invalid-per-mille", &invalid_per_mille.to_string()])
+        .arg("--out")
+        .arg(&events)
+        .arg("--expect")
+        .arg(&expect)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gen failed: {}", String::from_utf8_lossy(&out.stderr));
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&expect).unwrap()).unwrap();
+    (events, expected)
+}
+
+/// Args that point `run` at a broker, topic, group and store, with test-friendly timeouts.
+pub fn run_args(bootstrap: &str, topic: &str, group: &str, store: &Path) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--bootstrap-servers".into(),
+        bootstrap.into(),
+        "--topic".into(),
+        topic.into(),
+        "--group-id".into(),
+        group.into(),
+        "--store".into(),
+        store.to_str().unwrap().into(),
+        "-X".into(),
+        "session.timeout.ms=6000".into(),
+        "-X".into(),
+        "heartbeat.interval.ms=500".into(),
+        "-X".into(),
+        "topic.metadata.refresh.interval.ms=1000".into(),
+    ]
+}
+
+/// Start `smki-extract` with `args`, logging to `log`.
+pub fn spawn(args: &[String], log: &Path) -> Child {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(bin())
+        .args(args)
+        .env("SMKI_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(f)
+        .spawn()
+        .unwrap()
+}
+
+/// Run to completion and require success.
+pub fn run_ok(args: &[String], log: &Path) {
+    let status = spawn(args, log).wait().unwrap();
+    assert!(
+        status.success(),
+        "smki-extract {args:?} failed; log:\n{}",
+        tail(log)
+    );
+}
+
+/// Last lines of a log file (assertion messages).
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// `smki-extract inspect --records`: per-certificate (status, events) and the census line.
+pub fn inspect(store: &Path, topic: &str) -> (std::collections::BTreeMap<String, (String, u64)>, serde_json::Value) {
+    let out = Command::new(bin())
+        .args(["inspect", "--records", "--topic", topic, "--store"])
+        .arg(store)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut certs = std::collections::BTreeMap::new();
+    let mut summary = serde_json::Value::Null;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(key) = v.get("key") {
+            certs.insert(
+                key.as_str().unwrap().to_string(),
+                (v["status"].as_str().unwrap().to_string(), v["events"].as_u64().unwrap()),
+            );
+        } else {
+            summary = v;
+        }
+    }
+    (certs, summary)
+}
+
+/// Expected per-certificate (status, events) from a gen expectations file.
+pub fn expected_certs(expected: &serde_json::Value) -> std::collections::BTreeMap<String, (String, u64)> {
+    expected["certificates"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), (v["status"].as_str().unwrap().to_string(), v["events"].as_u64().unwrap())))
+        .collect()
+}
+
+/// Compare stored and expected certificates; the message lists the first differences.
+pub fn assert_same_certs(
+    got: &std::collections::BTreeMap<String, (String, u64)>,
+    want: &std::collections::BTreeMap<String, (String, u64)>,
+) {
+    if got == want {
+        return;
+    }
+    let mut diffs = Vec::new();
+    for (k, v) in want {
+        match got.get(k) {
+            Some(g) if g == v => {}
+            other => diffs.push(format!("{k}: want {v:?}, got {other:?}")),
+        }
+    }
+    for k in got.keys() {
+        if !want.contains_key(k) {
+            diffs.push(format!("{k}: unexpected"));
+        }
+    }
+    panic!(
+        "{} of {} certificates differ (got {}), e.g.:\n{}",
+        diffs.len(),
+        want.len(),
+        got.len(),
+        diffs[..diffs.len().min(10)].join("\n")
+    );
+}
+
+/// Run `tests/support/kafka_tool.py` and return its stdout.
+pub fn kafka_tool_output(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_tool.py");
+    let out = Command::new(python()).arg(script).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "kafka_tool {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Dead letters on a topic, read by the independent client: (reason, partition, offset).
+pub fn dead_letters(bootstrap: &str, topic: &str) -> Vec<(String, i64, i64)> {
+    kafka_tool_output(&["dump-dlq", bootstrap, topic])
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["reason"].as_str().unwrap().to_string(),
+                v["partition"].as_i64().unwrap(),
+                v["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Dead letters by reason, counting each origin (partition, offset) once: delivery to the
+/// dead-letter topic is at-least-once, so a crash may repeat one.
+pub fn dead_letter_counts(letters: &[(String, i64, i64)]) -> std::collections::BTreeMap<String, u64> {
+    let unique: std::collections::BTreeSet<&(String, i64, i64)> = letters.iter().collect();
+    let mut out = std::collections::BTreeMap::new();
+    for (reason, _, _) in unique {
+        *out.entry(reason.clone()).or_default() += 1;
+    }
+    out
+}
+
+/// Expected dead letters by reason from a gen expectations file.
+pub fn expected_dead_letters(expected: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    expected["dead_letters"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect()
+}
