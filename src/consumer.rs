@@ -78,6 +78,7 @@ impl IngestContext {
     fn commit(&self, consumer: &BaseConsumer<IngestContext>, mode: CommitMode) -> Result<()> {
         let committed = self.ingestor().commit()?;
         if let Some(c) = committed {
+            debug!(records = c.records, offsets = ?c.offsets, "batch committed to the state store");
             commit_to_kafka(consumer, &self.topic, &c, mode);
         }
         Ok(())
@@ -139,7 +140,23 @@ impl IngestContext {
     }
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for IngestContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+}
+
+/// librdkafka reports reaching the end of a partition as a "global error" too when
+/// `enable.partition.eof` is on; that is expected here, so it is not logged as an error.
+pub(crate) fn log_client_error(error: KafkaError, reason: &str) {
+    match error {
+        KafkaError::PartitionEOF(_) => debug!("librdkafka: {reason}"),
+        KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+            debug!("librdkafka: {reason}")
+        }
+        e => error!("librdkafka: {e}: {reason}"),
+    }
+}
 
 impl ConsumerContext for IngestContext {
     fn rebalance(

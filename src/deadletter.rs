@@ -218,7 +218,16 @@ pub fn read_all(config: &ClientConfig, topic: &str, timeout: Duration) -> Result
         .set("group.id", "smki-extract-dlq-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = config.create().context("creating the dead-letter reader")?;
+    struct QuietEof;
+    impl ClientContext for QuietEof {
+        fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+            crate::consumer::log_client_error(error, reason);
+        }
+    }
+    impl rdkafka::consumer::ConsumerContext for QuietEof {}
+    let consumer: BaseConsumer<QuietEof> = config
+        .create_with_context(QuietEof)
+        .context("creating the dead-letter reader")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("metadata of {topic}"))?;

@@ -590,3 +590,184 @@ fn new_record(
         applied_events: 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::CertificateId;
+    use crate::deadletter::MemoryDeadLetters;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/gbcs-test-certs")
+            .join(name);
+        certificate::der_from_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn event(id: &str, body: Body) -> Vec<u8> {
+        CertificateEvent {
+            event_id: id.into(),
+            occurred_at: Some(prost_types::Timestamp { seconds: 1_790_000_000, nanos: 0 }),
+            source: String::new(),
+            body: Some(body),
+        }
+        .encode_to_vec()
+    }
+
+    fn lodge(id: &str, der: &[u8]) -> Vec<u8> {
+        event(
+            id,
+            Body::Issued(CertificateIssued {
+                certificate_der: der.to_vec(),
+                initial_status: CertificateStatus::Pending as i32,
+                manufacturing_flag: true,
+            }),
+        )
+    }
+
+    fn change(id: &str, der: &[u8], to: CertificateStatus) -> Vec<u8> {
+        let info = certificate::parse(der).unwrap();
+        event(
+            id,
+            Body::StatusChanged(StatusChanged {
+                certificate: Some(CertificateId {
+                    issuer_name_der: info.issuer_name_der,
+                    serial: info.serial,
+                }),
+                new_status: to as i32,
+                reason: String::new(),
+            }),
+        )
+    }
+
+    fn key_text(der: &[u8]) -> Vec<u8> {
+        let info = certificate::parse(der).unwrap();
+        record_key(&info.issuer_name_der, &info.serial).into_bytes()
+    }
+
+    struct Harness<S: DeadLetterSink> {
+        ing: Ingestor<S>,
+        next: i64,
+        _dir: tempfile::TempDir,
+    }
+
+    impl<S: DeadLetterSink> Harness<S> {
+        fn new(sink: S) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path(), "t").unwrap());
+            let ing = Ingestor::new(store, sink, chrono_tz::Europe::London, Metrics::new());
+            Harness { ing, next: 0, _dir: dir }
+        }
+        fn feed(&mut self, key: &[u8], value: &[u8]) -> Outcome {
+            let o = self.next;
+            self.next += 1;
+            self.ing
+                .ingest(RecordRef { partition: 0, offset: o, key: Some(key), value: Some(value) })
+                .unwrap()
+        }
+        fn stored(&self, der: &[u8]) -> Option<CertificateRecord> {
+            let info = certificate::parse(der).unwrap();
+            let key = CertKey::new(0, &issuer_hash(&info.issuer_name_der), &info.serial);
+            self.ing.store.get_cert(&key).unwrap()
+        }
+    }
+
+    #[test]
+    fn later_events_of_a_batch_see_earlier_ones_and_nothing_is_stored_before_commit() {
+        let der = fixture("00db123456789003-ds.pem");
+        let key = key_text(&der);
+        let mut h = Harness::new(MemoryDeadLetters::default());
+        assert_eq!(h.feed(&key, &lodge("e1", &der)), Outcome::Applied);
+        assert_eq!(h.feed(&key, &change("e2", &der, CertificateStatus::InUse)), Outcome::Applied);
+        assert_eq!(h.feed(&key, &change("e3", &der, CertificateStatus::NotInUse)), Outcome::Applied);
+        assert!(h.stored(&der).is_none(), "written before commit");
+        assert_eq!(h.ing.store.next_offset(0).unwrap(), None);
+        let c = h.ing.commit().unwrap().unwrap();
+        assert_eq!(c.offsets, vec![(0, 3)]);
+        let rec = h.stored(&der).unwrap();
+        assert_eq!(rec.status, CertificateStatus::NotInUse as i32);
+        assert_eq!(rec.applied_events, 3);
+        assert_eq!(rec.applied_event_ids, vec!["e1", "e2", "e3"]);
+        assert_eq!(h.ing.store.next_offset(0).unwrap(), Some(3));
+        // The change index holds the certificate under its event day.
+        let day = day_of_millis(chrono_tz::Europe::London, 1_790_000_000_000);
+        assert_eq!(h.ing.store.changes_on(0, day).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn re_delivered_offsets_are_skipped_and_repeated_event_ids_applied_once() {
+        let der = fixture("00db123456789004-ka.pem");
+        let key = key_text(&der);
+        let mut h = Harness::new(MemoryDeadLetters::default());
+        h.feed(&key, &lodge("e1", &der));
+        h.feed(&key, &change("e2", &der, CertificateStatus::InUse));
+        h.ing.commit().unwrap();
+        // The broker re-delivers offset 1 (e.g. after a rebalance): skipped by offset.
+        let again = h
+            .ing
+            .ingest(RecordRef { partition: 0, offset: 1, key: Some(&key), value: Some(&change("e2", &der, CertificateStatus::InUse)) })
+            .unwrap();
+        assert_eq!(again, Outcome::AlreadyApplied);
+        // A producer re-sends e2 as a new record: applied once, by event id.
+        assert_eq!(h.feed(&key, &change("e2", &der, CertificateStatus::InUse)), Outcome::Duplicate);
+        assert_eq!(h.feed(&key, &lodge("e1", &der)), Outcome::Duplicate);
+        h.ing.commit().unwrap();
+        assert_eq!(h.stored(&der).unwrap().applied_events, 2);
+        assert!(h.ing.sink().letters.is_empty());
+    }
+
+    #[test]
+    fn rejections_carry_reason_and_origin_and_do_not_stop_ingest() {
+        let der = fixture("00db123456789005-ds.pem");
+        let key = key_text(&der);
+        let mut h = Harness::new(MemoryDeadLetters::default());
+        let cases: Vec<(Vec<u8>, Vec<u8>, Reason)> = vec![
+            (key.clone(), b"\x0a\xff".to_vec(), Reason::Undecodable),
+            (key.clone(), Vec::new(), Reason::Undecodable),
+            (key.clone(), change("s1", &der, CertificateStatus::InUse), Reason::UnknownCertificate),
+            (key.clone(), event("nb", Body::Issued(CertificateIssued { certificate_der: b"nope".to_vec(), initial_status: 1, manufacturing_flag: false })), Reason::CertificateUnparseable),
+            (b"wrong".to_vec(), lodge("k1", &der), Reason::KeyMismatch),
+            (key.clone(), CertificateEvent { body: None, ..CertificateEvent::decode(&lodge("mb", &der)[..]).unwrap() }.encode_to_vec(), Reason::MissingBody),
+            (key.clone(), lodge(&"x".repeat(MAX_EVENT_ID_LEN + 1), &der), Reason::InvalidEventId),
+        ];
+        for (k, v, reason) in &cases {
+            match h.feed(k, v) {
+                Outcome::DeadLettered(r) => assert_eq!(r.reason, *reason, "{:?}", r.detail),
+                other => panic!("expected {reason:?}, got {other:?}"),
+            }
+        }
+        assert_eq!(h.feed(&key, &lodge("good", &der)), Outcome::Applied);
+        h.ing.commit().unwrap();
+        let letters = &h.ing.sink().letters;
+        assert_eq!(letters.len(), cases.len());
+        for (i, l) in letters.iter().enumerate() {
+            assert_eq!((l.partition, l.offset), (0, i as i64));
+            assert_eq!(l.reason, cases[i].2.code());
+        }
+        assert!(h.stored(&der).is_some());
+        assert_eq!(h.ing.metrics.dead_lettered_total(), cases.len() as u64);
+    }
+
+    /// A sink whose acknowledgement fails, as when the broker is unreachable.
+    struct FailingSink;
+    impl DeadLetterSink for FailingSink {
+        fn send(&mut self, _: DeadLetter<'_>) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            anyhow::bail!("broker unreachable")
+        }
+    }
+
+    #[test]
+    fn offsets_are_not_written_when_dead_letters_are_not_acknowledged() {
+        let der = fixture("00db123456789006-ds.pem");
+        let key = key_text(&der);
+        let mut h = Harness::new(FailingSink);
+        h.feed(&key, &lodge("e1", &der));
+        h.feed(&key, b"\xff\xff");
+        assert!(h.ing.commit().is_err());
+        assert_eq!(h.ing.store.next_offset(0).unwrap(), None, "offsets moved past an unsent dead letter");
+        assert!(h.stored(&der).is_none());
+    }
+}

@@ -163,9 +163,10 @@ struct InspectArgs {
     records: bool,
 }
 
-fn init_logging(format: &str) {
+/// Logs go to stderr; `SMKI_LOG` (tracing EnvFilter syntax) overrides `default_level`.
+fn init_logging(format: &str, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SMKI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("SMKI_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -187,7 +188,7 @@ fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => {
             let config = args.config.load()?;
-            init_logging(log_format.as_deref().unwrap_or(&config.log.format));
+            init_logging(log_format.as_deref().unwrap_or(&config.log.format), "info");
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
@@ -204,11 +205,12 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Gen(args) => {
-            init_logging(log_format.as_deref().unwrap_or("human"));
+            init_logging(log_format.as_deref().unwrap_or("human"), "info");
             gen(args)
         }
         Command::Demo(args) => {
-            init_logging(log_format.as_deref().unwrap_or("human"));
+            // The demo prints its own report on stdout; only problems are logged.
+            init_logging(log_format.as_deref().unwrap_or("human"), "warn");
             demo::run(&DemoOptions {
                 dir: args.dir,
                 devices: args.devices,

@@ -74,9 +74,12 @@ fn changed(id: &str, der: &[u8], status: CertificateStatus) -> CertificateEvent 
     }
 }
 
+/// The record key of any certificate, read with x509-parser directly (profile violations
+/// included, which `certificate::parse` rejects).
 fn key_of(der: &[u8]) -> String {
-    let info = certificate::parse(der).unwrap();
-    record_key(&info.issuer_name_der, &info.serial)
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
+    record_key(cert.issuer().as_raw(), &certificate::canonical_serial(cert.raw_serial()))
 }
 
 #[test]

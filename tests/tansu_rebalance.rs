@@ -50,10 +50,14 @@ fn late_join_and_mid_stream_leave_keep_every_store_exact() {
     unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
     assert!(b.wait().unwrap().success(), "B did not stop cleanly:\n{}", tail(&log_b));
 
-    let log_a_text = std::fs::read_to_string(&log_a).unwrap();
-    assert!(log_a_text.contains("revoked"), "A never had partitions revoked:\n{log_a_text}");
-    let log_b_text = std::fs::read_to_string(&log_b).unwrap();
-    assert!(log_b_text.contains("assigned"), "B was never assigned partitions");
+    // A had all 6 partitions, then a share when B joined; B had a share, then all 6 when A
+    // left: each logged more than 6 assignments, or the rebalances did not happen.
+    let assignments = |log: &std::path::Path| {
+        std::fs::read_to_string(log).unwrap().matches("assigned; starting").count()
+    };
+    let (a_assigned, b_assigned) = (assignments(&log_a), assignments(&log_b));
+    assert!(a_assigned > 6, "A was assigned {a_assigned} partitions in all:\n{}", tail(&log_a));
+    assert!(b_assigned > 6, "B was assigned {b_assigned} partitions in all:\n{}", tail(&log_b));
 
     let (got_b, _) = inspect(&store_b, "certs");
     assert_same_certs(&got_b, &want);

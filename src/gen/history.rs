@@ -277,10 +277,10 @@ pub fn generate(spec: &Spec) -> Result<History> {
         .step_by(chunk)
         .map(|s| (s, (s + chunk).min(spec.devices)))
         .collect();
-    let results: Vec<Result<(Vec<GenRecord>, Expectations)>> = std::thread::scope(|scope| {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let slots: Vec<std::sync::Mutex<Option<Result<(Vec<GenRecord>, Expectations)>>>> =
-            chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<(Vec<GenRecord>, Expectations)>>>> =
+        chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -289,12 +289,10 @@ pub fn generate(spec: &Spec) -> Result<History> {
                 *slots[i].lock().expect("not poisoned") = Some(r);
             });
         }
-        drop(scope);
-        slots
-            .into_iter()
-            .map(|s| s.into_inner().expect("not poisoned").expect("every chunk ran"))
-            .collect()
     });
+    let results = slots
+        .into_iter()
+        .map(|s| s.into_inner().expect("not poisoned").expect("every chunk ran"));
     for r in results {
         parts.push(r?);
     }
@@ -412,7 +410,8 @@ fn devices(
         }
         if b.rng.gen_range(0..1000) < 5 {
             let when = t + b.rng.gen_range(0..DAY_MS);
-            b.change(pair[b.rng.gen_range(0..2)], CertificateStatus::Revoked, "key compromise", when);
+            let which = pair[b.rng.gen_range(0..2)];
+            b.change(which, CertificateStatus::Revoked, "key compromise", when);
         }
 
         invalid_budget += spec.invalid_per_mille * (b.certs[pair[0]].events + b.certs[pair[1]].events);
@@ -429,9 +428,9 @@ fn devices(
 
 /// One invalid event of kind `kind % N`, about the device certificates `pair`.
 fn bad_event(b: &mut Builder, kind: usize, pair: [usize; 2], at: i64) -> Result<()> {
-    let (key, issuer, serial_bytes, der) = {
+    let (key, issuer, der) = {
         let c = &b.certs[pair[0]];
-        (c.key.clone(), c.issuer.clone(), c.serial.clone(), c.der.clone())
+        (c.key.clone(), c.issuer.clone(), c.der.clone())
     };
     // `at` is after everything else of the device, so the expected status is known.
     let emit = at;
@@ -496,8 +495,8 @@ fn bad_event(b: &mut Builder, kind: usize, pair: [usize; 2], at: i64) -> Result<
         }
         4 => {
             // A transition the lifecycle does not allow (to the status it already has).
-            let c = &b.certs[pair[1]];
             let id = b.event_id();
+            let c = &b.certs[pair[1]];
             let status = if c.status.is_final() { CertificateStatus::InUse } else { c.status };
             let reason = if c.status.is_final() { "transition_from_final" } else { "invalid_transition" };
             let ev = Builder::envelope(id, emit, Body::StatusChanged(status_change(c, status, "again")));
@@ -507,8 +506,8 @@ fn bad_event(b: &mut Builder, kind: usize, pair: [usize; 2], at: i64) -> Result<
         5 => {
             // The key of another certificate.
             let other_key = b.certs[pair[1]].key.clone();
-            let c = &b.certs[pair[0]];
             let id = b.event_id();
+            let c = &b.certs[pair[0]];
             let ev = Builder::envelope(id, emit, Body::StatusChanged(status_change(c, CertificateStatus::Revoked, "x")));
             b.bad("key_mismatch", emit, &other_key, ev.encode_to_vec());
         }
@@ -524,7 +523,6 @@ fn bad_event(b: &mut Builder, kind: usize, pair: [usize; 2], at: i64) -> Result<
                     manufacturing_flag: true,
                 }),
             );
-            let _ = serial_bytes;
             b.bad("certificate_unparseable", emit, &key, ev.encode_to_vec());
         }
     }

@@ -21,7 +21,7 @@
 //! (authorityKeyIdentifier first), whereas the real certificates use the order
 //! keyUsage, subjectKeyIdentifier, subjectAltName, certificatePolicies, authorityKeyIdentifier.
 //! Every primitive (OIDs, integers, strings, times, BIT/OCTET STRINGs, tag/length headers) is
-//! encoded by the RustCrypto `der` crate (reached through `p256::pkcs8::der`); this module only
+//! encoded by the `der` crate (`RustCrypto`, reached through `p256::pkcs8::der`); this module only
 //! concatenates the already-encoded parts of constructed values.
 //!
 //! # Profile
@@ -48,7 +48,7 @@ use p256::pkcs8::der::asn1::{
 use p256::pkcs8::der::{self, DateTime, Encode, Header, Tag, TagNumber};
 use p256::pkcs8::{EncodePublicKey, ObjectIdentifier};
 use p256::{PublicKey, SecretKey};
-use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
 use time::{Date, Month, OffsetDateTime, UtcOffset};
@@ -86,7 +86,7 @@ mod oid {
     /// id-on-hardwareModuleName (RFC 4108): the otherName type of a Device Certificate's SAN.
     pub const ON_HARDWARE_MODULE_NAME: ObjectIdentifier =
         ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.8.4");
-    /// `hwType` of the HardwareModuleName, as in the test PKI's device certificates.
+    /// `hwType` of the `HardwareModuleName`, as in the test PKI's device certificates.
     pub const GBCS_HW_TYPE: ObjectIdentifier =
         ObjectIdentifier::new_unwrap("1.2.826.0.1.8641679.1.2.2.1");
     /// Certificate policy of the test PKI's Device Certificates (issuer `CN=E357`).
@@ -155,6 +155,7 @@ pub struct Authority {
 impl Authority {
     /// The DER encoding of this CA's own certificate, which the generator publishes as an
     /// OCA/DCA certificate and which verifies the certificates this CA issues.
+    #[must_use]
     pub fn certificate_der(&self) -> &[u8] {
         &self.certificate
     }
@@ -171,7 +172,7 @@ impl Authority {
         let signing_key = SigningKey::random(rng);
         let key = SubjectKey::new(&PublicKey::from(signing_key.verifying_key()))?;
         let mut serial = [0u8; 16];
-        rand_chacha::rand_core::RngCore::fill_bytes(rng, &mut serial);
+        rng.fill_bytes(&mut serial);
         let name = encode(|out| write_name(out, subject))?;
 
         let spec = CertSpec {
@@ -181,15 +182,15 @@ impl Authority {
             subject: &name,
             spki: &key.spki,
         };
-        let ca_extensions = |out: &mut Vec<u8>, authority_key_id: Option<&[u8; 8]>| {
+        let ca_extensions = |out: &mut Vec<u8>, authority_key_id: Option<[u8; 8]>| {
             write_key_usage(out, KeyUsageBits::CertificateAuthority)?;
             write_basic_constraints(out, path_len)?;
-            write_subject_key_id(out, &key.key_id)?;
+            write_subject_key_id(out, key.key_id)?;
             write_certificate_policies(out, policy)?;
             authority_key_id.map_or(Ok(()), |id| write_authority_key_id(out, id))
         };
         let certificate = match issuer {
-            Some(issuer) => issuer.sign(&spec, |out| ca_extensions(out, Some(&issuer.key_id)))?,
+            Some(issuer) => issuer.sign(&spec, |out| ca_extensions(out, Some(issuer.key_id)))?,
             // A self-signed root: issuer = subject, signed with its own key, no AKI.
             None => sign_certificate(&signing_key, &name, &spec, |out| ca_extensions(out, None))?,
         };
@@ -255,6 +256,9 @@ impl Hierarchy {
     ///
     /// Roots have no path length constraint and issuing CAs `pathLenConstraint = 0`; each CA
     /// asserts the certificate policy of the certificates issued in its branch.
+    ///
+    /// # Errors
+    /// Only if encoding fails, which the fixed inputs rule out.
     pub fn generate(seed: u64) -> Result<Hierarchy> {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let root_oca = Authority::new(
@@ -312,6 +316,7 @@ impl Hierarchy {
 /// its top bit is cleared (so the DER INTEGER is positive without a leading `0x00`), and if the
 /// result is below `0x10`, bit 4 is set (so the INTEGER is exactly 16 bytes and its hex form
 /// never starts with `0`). The other 15 bytes are kept as given.
+#[must_use]
 pub fn normalize_serial(mut serial: [u8; 16]) -> [u8; 16] {
     serial[0] &= 0x7F;
     if serial[0] < 0x10 {
@@ -328,6 +333,9 @@ pub fn normalize_serial(mut serial: [u8; 16]) -> [u8; 16] {
 /// - `key_seed`: the device key pair is `SecretKey::random(ChaCha20Rng::seed_from_u64(key_seed))`.
 ///
 /// Realistic data passes the [`Hierarchy::issuing_dca`]; any [`Authority`] is accepted.
+///
+/// # Errors
+/// If `not_before` is not before notAfter or is outside 1970..=9999.
 pub fn issue_device(
     dca: &Authority,
     device_id: [u8; 8],
@@ -352,10 +360,10 @@ pub fn issue_device(
     };
     dca.sign(&spec, |out| {
         write_key_usage(out, usage.into())?;
-        write_subject_key_id(out, &key.key_id)?;
-        write_hardware_module_name(out, &device_id)?;
+        write_subject_key_id(out, key.key_id)?;
+        write_hardware_module_name(out, device_id)?;
         write_certificate_policies(out, oid::DEVICE_POLICY)?;
-        write_authority_key_id(out, &dca.key_id)
+        write_authority_key_id(out, dca.key_id)
     })
 }
 
@@ -368,11 +376,15 @@ pub fn issue_device(
 /// - `common_name`: optional subject `CN` (1 to 64 characters). As in the real certificates it
 ///   is the first attribute of the subject: `CN, OU, x500UniqueIdentifier`.
 /// - `serial`: normalised with [`normalize_serial`].
-/// - `not_before`, `not_after`: fractional seconds are dropped; UTCTime before 2050,
-///   GeneralizedTime from 2050 (RFC 5280).
+/// - `not_before`, `not_after`: fractional seconds are dropped; `UTCTime` before 2050,
+///   `GeneralizedTime` from 2050 (RFC 5280).
 /// - `key_seed`: the key pair is `SecretKey::random(ChaCha20Rng::seed_from_u64(key_seed))`.
 ///
 /// Realistic data passes the [`Hierarchy::issuing_oca`]; any [`Authority`] is accepted.
+///
+/// # Errors
+/// If `not_before` is not before `not_after`, a time is outside 1970..=9999, or the CN is
+/// empty or longer than 64 characters.
 #[allow(clippy::too_many_arguments)] // the brief fixes this signature
 pub fn issue_organisation(
     oca: &Authority,
@@ -417,15 +429,15 @@ pub fn issue_organisation(
     };
     oca.sign(&spec, |out| {
         write_key_usage(out, usage.into())?;
-        write_subject_key_id(out, &key.key_id)?;
+        write_subject_key_id(out, key.key_id)?;
         write_certificate_policies(out, oid::ORGANISATION_POLICY)?;
-        write_authority_key_id(out, &oca.key_id)
+        write_authority_key_id(out, oca.key_id)
     })
 }
 
 /// The public half of a certificate subject's key, in the forms a certificate needs.
 struct SubjectKey {
-    /// DER SubjectPublicKeyInfo (id-ecPublicKey, namedCurve prime256v1).
+    /// DER `SubjectPublicKeyInfo` (`id-ecPublicKey`, `namedCurve prime256v1`).
     spki: Vec<u8>,
     /// subjectKeyIdentifier, see [`key_identifier`].
     key_id: [u8; 8],
@@ -460,7 +472,7 @@ fn key_identifier(subject_public_key: &[u8]) -> [u8; 8] {
     id
 }
 
-/// The fields of a TBSCertificate that vary between certificates (issuer name and extensions are
+/// The fields of a `TBSCertificate` that vary between certificates (issuer name and extensions are
 /// supplied by the signer).
 struct CertSpec<'a> {
     /// Raw serial bytes; normalised with [`normalize_serial`] when encoded.
@@ -506,7 +518,10 @@ fn sign_certificate(
             })?;
             let signature: Signature = key.sign(&out[tbs_start..]);
             write_signature_algorithm(out)?;
-            put(out, &BitStringRef::from_bytes(signature.to_der().as_bytes())?)
+            put(
+                out,
+                &BitStringRef::from_bytes(signature.to_der().as_bytes())?,
+            )
         })
     })?;
     Ok(der)
@@ -578,7 +593,7 @@ struct NameAttribute<'a> {
 }
 
 impl<'a> NameAttribute<'a> {
-    /// A PrintableString attribute, as in the CA names of the real certificates.
+    /// A `PrintableString` attribute, as in the CA names of the real certificates.
     fn printable(oid: ObjectIdentifier, value: &'a str) -> Self {
         Self {
             oid,
@@ -586,7 +601,7 @@ impl<'a> NameAttribute<'a> {
         }
     }
 
-    /// A UTF8String attribute, as in the Organisation Certificate subjects.
+    /// A `UTF8String` attribute, as in the Organisation Certificate subjects.
     fn utf8(oid: ObjectIdentifier, value: &'a str) -> Self {
         Self {
             oid,
@@ -620,11 +635,18 @@ fn write_name(out: &mut Vec<u8>, attributes: &[NameAttribute<'_>]) -> der::Resul
 fn der_time(t: OffsetDateTime) -> Result<DateTime> {
     let t = t.to_offset(UtcOffset::UTC);
     let year = u16::try_from(t.year()).with_context(|| format!("year of {t} out of range"))?;
-    DateTime::new(year, t.month().into(), t.day(), t.hour(), t.minute(), t.second())
-        .with_context(|| format!("{t} cannot be encoded in a certificate"))
+    DateTime::new(
+        year,
+        t.month().into(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+    )
+    .with_context(|| format!("{t} cannot be encoded in a certificate"))
 }
 
-/// `Time`: UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5).
+/// `Time`: `UTCTime` through 2049, `GeneralizedTime` from 2050 (RFC 5280 §4.1.2.5).
 fn write_time(out: &mut Vec<u8>, t: DateTime) -> der::Result<()> {
     if t.year() <= UtcTime::MAX_YEAR {
         put(out, &UtcTime::from_date_time(t)?)
@@ -667,18 +689,20 @@ fn write_extension(
 
 /// keyUsage, critical.
 fn write_key_usage(out: &mut Vec<u8>, bits: KeyUsageBits) -> der::Result<()> {
-    write_extension(out, oid::KEY_USAGE, true, |out| put(out, &bits.bit_string()?))
+    write_extension(out, oid::KEY_USAGE, true, |out| {
+        put(out, &bits.bit_string()?)
+    })
 }
 
 /// subjectKeyIdentifier, not critical.
-fn write_subject_key_id(out: &mut Vec<u8>, key_id: &[u8; 8]) -> der::Result<()> {
+fn write_subject_key_id(out: &mut Vec<u8>, key_id: [u8; 8]) -> der::Result<()> {
     write_extension(out, oid::SUBJECT_KEY_IDENTIFIER, false, |out| {
-        put(out, &OctetStringRef::new(key_id)?)
+        put(out, &OctetStringRef::new(&key_id)?)
     })
 }
 
 /// authorityKeyIdentifier `SEQUENCE { keyIdentifier [0] IMPLICIT OCTET STRING }`, not critical.
-fn write_authority_key_id(out: &mut Vec<u8>, key_id: &[u8; 8]) -> der::Result<()> {
+fn write_authority_key_id(out: &mut Vec<u8>, key_id: [u8; 8]) -> der::Result<()> {
     write_extension(out, oid::AUTHORITY_KEY_IDENTIFIER, false, |out| {
         write_sequence(out, |out| {
             let tag = Tag::ContextSpecific {
@@ -686,7 +710,7 @@ fn write_authority_key_id(out: &mut Vec<u8>, key_id: &[u8; 8]) -> der::Result<()
                 number: TagNumber::N0,
             };
             put(out, &Header::new(tag, key_id.len())?)?;
-            out.extend_from_slice(key_id);
+            out.extend_from_slice(&key_id);
             Ok(())
         })
     })
@@ -712,7 +736,7 @@ fn write_basic_constraints(out: &mut Vec<u8>, path_len: Option<u8>) -> der::Resu
 /// subjectAltName, critical (the subject is empty), holding one
 /// `otherName [0] { id-on-hardwareModuleName, [0] EXPLICIT HardwareModuleName }` with
 /// `HardwareModuleName ::= SEQUENCE { hwType OBJECT IDENTIFIER, hwSerialNum OCTET STRING }`.
-fn write_hardware_module_name(out: &mut Vec<u8>, device_id: &[u8; 8]) -> der::Result<()> {
+fn write_hardware_module_name(out: &mut Vec<u8>, device_id: [u8; 8]) -> der::Result<()> {
     write_extension(out, oid::SUBJECT_ALT_NAME, true, |out| {
         write_sequence(out, |out| {
             // GeneralName otherName: [0] IMPLICIT OtherName (a SEQUENCE, hence constructed)
@@ -721,7 +745,7 @@ fn write_hardware_module_name(out: &mut Vec<u8>, device_id: &[u8; 8]) -> der::Re
                 write_constructed(out, context_tag(0), |out| {
                     write_sequence(out, |out| {
                         put(out, &oid::GBCS_HW_TYPE)?;
-                        put(out, &OctetStringRef::new(device_id)?)
+                        put(out, &OctetStringRef::new(&device_id)?)
                     })
                 })
             })
@@ -736,7 +760,7 @@ mod tests {
     use p256::ecdsa::VerifyingKey;
     use x509_parser::certificate::X509Certificate;
     use x509_parser::der_parser::asn1_rs::Tag as ParsedTag;
-    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
     use x509_parser::prelude::FromDer;
     use x509_parser::x509::X509Name;
 
@@ -810,7 +834,15 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
 
     fn device(h: &Hierarchy, usage: Usage, key_seed: u64) -> Vec<u8> {
         let not_before = utc(2016, Month::April, 6, 0, 0, 0);
-        issue_device(&h.issuing_dca, DEVICE_ID, usage, SERIAL, not_before, key_seed).unwrap()
+        issue_device(
+            &h.issuing_dca,
+            DEVICE_ID,
+            usage,
+            SERIAL,
+            not_before,
+            key_seed,
+        )
+        .unwrap()
     }
 
     fn organisation(h: &Hierarchy, cn: Option<&str>, usage: Usage, key_seed: u64) -> Vec<u8> {
@@ -836,7 +868,7 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
         version: u32,
         serial_len: usize,
         signature_algorithm: String,
-        validity_tags: (u8, u8),
+        validity_tags: (ParsedTag, ParsedTag),
         subject: Vec<(String, ParsedTag)>,
         spki_algorithm: String,
         spki_curve: String,
@@ -848,19 +880,12 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
     fn shape(der: &[u8]) -> Shape {
         let cert = parse(der);
         let tbs = &cert.tbs_certificate;
-        let validity_raw = {
-            // Validity follows the issuer Name; find its tags in the raw TBS.
-            let (_, v) = x509_parser::der_parser::der::parse_der(tbs.as_ref()).unwrap();
-            let items = v.as_sequence().unwrap();
-            let validity = items[4].as_sequence().unwrap();
-            (validity[0].header.tag().0 as u8, validity[1].header.tag().0 as u8)
-        };
         let key_dependent = ["2.5.29.14", "2.5.29.35"];
         Shape {
             version: tbs.version.0,
             serial_len: tbs.raw_serial().len(),
             signature_algorithm: tbs.signature.algorithm.to_id_string(),
-            validity_tags: validity_raw,
+            validity_tags: validity_tags(&cert),
             subject: name_shape(&tbs.subject),
             spki_algorithm: tbs.subject_pki.algorithm.algorithm.to_id_string(),
             spki_curve: tbs
@@ -885,6 +910,15 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
         }
     }
 
+    /// The ASN.1 types (`UTCTime` or `GeneralizedTime`) of notBefore and notAfter.
+    fn validity_tags(cert: &X509Certificate<'_>) -> (ParsedTag, ParsedTag) {
+        let (_, tbs) = x509_parser::der_parser::der::parse_der(cert.tbs_certificate.as_ref())
+            .expect("TBS parses");
+        // version, serialNumber, signature, issuer, validity, ...
+        let validity = tbs.as_sequence().unwrap()[4].as_sequence().unwrap();
+        (validity[0].header.tag(), validity[1].header.tag())
+    }
+
     fn name_shape(name: &X509Name<'_>) -> Vec<(String, ParsedTag)> {
         name.iter()
             .map(|rdn| {
@@ -905,16 +939,17 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
             issuer.tbs_certificate.subject.as_raw(),
             "issuer name is the issuer's subject name"
         );
-        let key =
-            VerifyingKey::from_sec1_bytes(&issuer.tbs_certificate.subject_pki.subject_public_key.data)
-                .unwrap();
+        let key = VerifyingKey::from_sec1_bytes(
+            &issuer.tbs_certificate.subject_pki.subject_public_key.data,
+        )
+        .unwrap();
         let signature = Signature::from_der(&cert.signature_value.data).unwrap();
         key.verify(cert.tbs_certificate.as_ref(), &signature)
             .expect("signature verifies with the issuer's key");
         let ski = |c: &X509Certificate<'_>| match c
             .get_extension_unique(&x509_parser::oid_registry::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER)
             .unwrap()
-            .map(|e| e.parsed_extension())
+            .map(X509Extension::parsed_extension)
         {
             Some(ParsedExtension::SubjectKeyIdentifier(id)) => id.0.to_vec(),
             other => panic!("no subjectKeyIdentifier: {other:?}"),
@@ -922,7 +957,7 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
         let aki = cert
             .get_extension_unique(&x509_parser::oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)
             .unwrap();
-        match aki.map(|e| e.parsed_extension()) {
+        match aki.map(X509Extension::parsed_extension) {
             Some(ParsedExtension::AuthorityKeyIdentifier(aki)) => {
                 assert_eq!(aki.key_identifier.as_ref().unwrap().0, ski(&issuer));
             }
@@ -959,8 +994,16 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
 
         for usage in [Usage::DigitalSignature, Usage::KeyAgreement] {
             assert_eq!(device(&a, usage, 42), device(&b, usage, 42));
-            assert_ne!(device(&a, usage, 42), device(&a, usage, 43), "key seed matters");
-            assert_ne!(device(&a, usage, 42), device(&c, usage, 42), "issuer matters");
+            assert_ne!(
+                device(&a, usage, 42),
+                device(&a, usage, 43),
+                "key seed matters"
+            );
+            assert_ne!(
+                device(&a, usage, 42),
+                device(&c, usage, 42),
+                "issuer matters"
+            );
             assert_eq!(
                 organisation(&a, Some("ACME"), usage, 42),
                 organisation(&b, Some("ACME"), usage, 42)
@@ -976,6 +1019,13 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
             spki(&device(&a, Usage::DigitalSignature, 42)),
             spki(&organisation(&c, None, Usage::KeyAgreement, 42))
         );
+    }
+
+    #[test]
+    fn authorities_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Authority>();
+        assert_send_sync::<Hierarchy>();
     }
 
     #[test]
@@ -999,8 +1049,14 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
             let has_ou = cert.subject().iter_organizational_unit().next().is_some();
             assert_eq!(has_ou, subject.starts_with("OU="), "only OCAs have an OU");
             assert_eq!(cert.tbs_certificate.raw_serial().len(), 16);
-            assert_eq!(cert.validity().not_before.to_datetime(), ca_not_before().unwrap());
-            assert_eq!(cert.validity().not_after.to_datetime(), max_not_after().unwrap());
+            assert_eq!(
+                cert.validity().not_before.to_datetime(),
+                ca_not_before().unwrap()
+            );
+            assert_eq!(
+                cert.validity().not_after.to_datetime(),
+                max_not_after().unwrap()
+            );
             assert_signed_by(der, issuer.certificate_der());
         }
     }
@@ -1031,7 +1087,10 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
                 .unwrap()
                 .1;
             let fields = hmn.as_sequence().unwrap();
-            assert_eq!(fields[0].as_oid().unwrap().to_id_string(), "1.2.826.0.1.8641679.1.2.2.1");
+            assert_eq!(
+                fields[0].as_oid().unwrap().to_id_string(),
+                "1.2.826.0.1.8641679.1.2.2.1"
+            );
             assert_eq!(fields[1].as_slice().unwrap(), DEVICE_ID);
 
             assert_signed_by(&der, h.issuing_dca.certificate_der());
@@ -1063,8 +1122,10 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
                 assert_eq!(value.header.tag(), ParsedTag::BitString);
                 // BIT STRING with 0 unused bits, then the Entity ID
                 assert_eq!(value.data, [&[0u8][..], &ENTITY_ID].concat());
-                let cns: Vec<_> =
-                    subject.iter_common_name().map(|a| a.as_str().unwrap()).collect();
+                let cns: Vec<_> = subject
+                    .iter_common_name()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
                 assert_eq!(cns, cn.into_iter().collect::<Vec<_>>());
                 assert!(cert.subject_alternative_name().unwrap().is_none());
                 assert_signed_by(&der, h.issuing_oca.certificate_der());
@@ -1080,7 +1141,10 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
         assert_eq!(shape(&ours), shape(&fixture));
         // Same serial, validity and subject bytes as the real certificate.
         let (a, b) = (parse(&ours), parse(&fixture));
-        assert_eq!(a.tbs_certificate.raw_serial(), b.tbs_certificate.raw_serial());
+        assert_eq!(
+            a.tbs_certificate.raw_serial(),
+            b.tbs_certificate.raw_serial()
+        );
         assert_eq!(a.validity(), b.validity());
         assert_eq!(a.subject().as_raw(), b.subject().as_raw());
     }
@@ -1091,7 +1155,10 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
         let ours = organisation(&h, None, Usage::DigitalSignature, 1);
         let fixture = pem_to_der(FIXTURE_ORGANISATION);
         assert_eq!(shape(&ours), shape(&fixture));
-        assert_eq!(parse(&ours).subject().as_raw(), parse(&fixture).subject().as_raw());
+        assert_eq!(
+            parse(&ours).subject().as_raw(),
+            parse(&fixture).subject().as_raw()
+        );
 
         let fixture = pem_to_der(FIXTURE_ORGANISATION_CN);
         let fixture_cert = parse(&fixture);
@@ -1101,14 +1168,21 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
             0x02,
             Some("GITTESTSUPPLIER"),
             Usage::DigitalSignature,
-            fixture_cert.tbs_certificate.raw_serial().try_into().unwrap(),
+            fixture_cert
+                .tbs_certificate
+                .raw_serial()
+                .try_into()
+                .unwrap(),
             fixture_cert.validity().not_before.to_datetime(),
             fixture_cert.validity().not_after.to_datetime(),
             1,
         )
         .unwrap();
         assert_eq!(shape(&ours), shape(&fixture));
-        assert_eq!(parse(&ours).subject().as_raw(), fixture_cert.subject().as_raw());
+        assert_eq!(
+            parse(&ours).subject().as_raw(),
+            fixture_cert.subject().as_raw()
+        );
         assert_eq!(parse(&ours).validity(), fixture_cert.validity());
     }
 
@@ -1143,7 +1217,8 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
     #[test]
     fn times_are_encoded_per_rfc_5280() {
         let h = Hierarchy::generate(10).unwrap();
-        let not_before = utc(2049, Month::December, 31, 23, 59, 59) + time::Duration::milliseconds(700);
+        let not_before =
+            utc(2049, Month::December, 31, 23, 59, 59) + time::Duration::milliseconds(700);
         let not_after = utc(2050, Month::January, 1, 0, 0, 0);
         let der = issue_organisation(
             &h.issuing_oca,
@@ -1164,13 +1239,11 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
             "fractional seconds dropped"
         );
         assert_eq!(cert.validity().not_after.to_datetime(), not_after);
-        // UTCTime (tag 23) through 2049, GeneralizedTime (tag 24) from 2050.
-        let tbs = x509_parser::der_parser::der::parse_der(cert.tbs_certificate.as_ref())
-            .unwrap()
-            .1;
-        let validity = tbs.as_sequence().unwrap()[4].as_sequence().unwrap().to_vec();
-        assert_eq!(validity[0].header.tag(), ParsedTag::UtcTime);
-        assert_eq!(validity[1].header.tag(), ParsedTag::GeneralizedTime);
+        assert_eq!(
+            validity_tags(&cert),
+            (ParsedTag::UtcTime, ParsedTag::GeneralizedTime),
+            "UTCTime through 2049, GeneralizedTime from 2050"
+        );
         let ou: Vec<_> = cert
             .subject()
             .iter_organizational_unit()
@@ -1197,12 +1270,25 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
             )
         };
         assert!(org(None, t).is_err(), "empty validity");
-        assert!(org(Some(""), t + time::Duration::days(1)).is_err(), "empty CN");
-        assert!(org(Some(&"X".repeat(65)), t + time::Duration::days(1)).is_err(), "long CN");
+        assert!(
+            org(Some(""), t + time::Duration::days(1)).is_err(),
+            "empty CN"
+        );
+        assert!(
+            org(Some(&"X".repeat(65)), t + time::Duration::days(1)).is_err(),
+            "long CN"
+        );
         assert!(org(Some(&"X".repeat(64)), t + time::Duration::days(1)).is_ok());
         let before_1970 = utc(1969, Month::December, 31, 0, 0, 0);
-        assert!(issue_device(&h.issuing_dca, DEVICE_ID, Usage::KeyAgreement, SERIAL, before_1970, 1)
-            .is_err());
+        assert!(issue_device(
+            &h.issuing_dca,
+            DEVICE_ID,
+            Usage::KeyAgreement,
+            SERIAL,
+            before_1970,
+            1
+        )
+        .is_err());
     }
 
     /// Signing rate, single thread: `cargo test --release --lib gen::pki -- --ignored --nocapture`.
@@ -1217,15 +1303,26 @@ TPuHhsJQfc4fIpxRBmUCIH+0LzbjIIn8tTVK5fnRmV/wHfG0cjU7E6excCnrDULy
         for i in 0..n {
             let mut serial = [0u8; 16];
             serial[8..].copy_from_slice(&i.to_be_bytes());
-            let usage = if i % 2 == 0 { Usage::DigitalSignature } else { Usage::KeyAgreement };
-            bytes += issue_device(&h.issuing_dca, i.to_be_bytes(), usage, serial, not_before, i)
-                .unwrap()
-                .len();
+            let usage = if i % 2 == 0 {
+                Usage::DigitalSignature
+            } else {
+                Usage::KeyAgreement
+            };
+            bytes += issue_device(
+                &h.issuing_dca,
+                i.to_be_bytes(),
+                usage,
+                serial,
+                not_before,
+                i,
+            )
+            .unwrap()
+            .len();
         }
         let elapsed = start.elapsed();
         println!(
             "{n} device certificates in {elapsed:?}: {:.0} certs/s ({bytes} bytes)",
-            n as f64 / elapsed.as_secs_f64()
+            f64::from(u32::try_from(n).unwrap()) / elapsed.as_secs_f64()
         );
     }
 }

@@ -152,7 +152,8 @@ pub fn spawn(args: &[String], log: &Path) -> Child {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     Command::new(bin())
         .args(args)
-        .env("SMKI_LOG", "info")
+        .env("SMKI_LOG", "info,smki_extract::consumer=debug")
+        .env("SMKI_BATCH_MAX_RECORDS", "2000")
         .stdout(Stdio::null())
         .stderr(f)
         .spawn()
