@@ -45,9 +45,31 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// The benchmark's events file: generated once per size and seed, then reused (kept under
+/// the cargo target directory, outside the clone), so runs measure ingest, not `gen`.
+fn events_file(events: usize, seed: u64) -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("target"))
+        .join("bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("events-{events}-seed{seed}.bin"));
+    if !path.exists() {
+        let h = history_of(events, seed);
+        let tmp = path.with_extension("tmp");
+        output::write_file(&h.records, &tmp).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
 fn history_of(events: usize, seed: u64) -> history::History {
+    history_with(events, seed, 10)
+}
+
+fn history_with(events: usize, seed: u64, invalid_per_mille: u32) -> history::History {
     // About 3.8 events per device in the default mix.
-    let devices = events * 10 / 38;
+    let devices = events * 10 / 35; // about 3.5 events per device in the default mix
     let t = Instant::now();
     let h = history::generate(&history::Spec {
         seed,
@@ -55,7 +77,7 @@ fn history_of(events: usize, seed: u64) -> history::History {
         days: 15,
         start: NaiveDate::from_ymd_opt(2026, 10, 19).unwrap(),
         tz: "Europe/London".parse().unwrap(),
-        invalid_per_mille: 10,
+        invalid_per_mille,
         duplicate_per_mille: 5,
         threads: 2,
     })
@@ -71,14 +93,18 @@ fn history_of(events: usize, seed: u64) -> history::History {
     h
 }
 
-fn bench_pipeline(h: &history::History, dir: &Path) {
+fn bench_pipeline(file: &Path, dir: &Path) {
     let store = Arc::new(Store::open(&dir.join("a-store"), "certs").unwrap());
     let mut ing = Ingestor::new(store, MemoryDeadLetters::default(), "Europe/London".parse().unwrap(), Metrics::new());
     let partitions = 6u32;
     let mut next = vec![0i64; partitions as usize];
     reset_peak_rss();
     let t = Instant::now();
-    for r in &h.records {
+    let mut reader = smki_extract::eventfile::EventFileReader::open(file).unwrap();
+    let mut r = smki_extract::contract::EventFileRecord::default();
+    let mut n = 0usize;
+    while reader.read_into(&mut r).unwrap() {
+        n += 1;
         let p = partition_for_key(&r.key, partitions);
         let offset = next[p as usize];
         next[p as usize] += 1;
@@ -90,9 +116,9 @@ fn bench_pipeline(h: &history::History, dir: &Path) {
     ing.commit().unwrap();
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "(a) pipeline, no broker: {} events in {secs:.2}s = {:.0} events/s (one thread), peak RSS {:.0} MB, dead letters {}",
-        h.records.len(),
-        h.records.len() as f64 / secs,
+        "(a) pipeline, no broker, streamed from the events file: {} events in {secs:.2}s = {:.0} events/s (one ingest thread), peak RSS {:.0} MB, dead letters {}",
+        n,
+        n as f64 / secs,
         peak_rss_mb(),
         ing.sink().letters.len()
     );
@@ -170,15 +196,49 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
-    let h = history_of(env_usize("BENCH_EVENTS", 1_000_000), 1);
-    bench_pipeline(&h, dir.path());
+    let file = events_file(env_usize("BENCH_EVENTS", 1_000_000), 1);
+    println!("(a) input: {} ({} MB)", file.display(), std::fs::metadata(&file).unwrap().len() >> 20);
+    if only == "parse" {
+        use prost::Message;
+        let records = smki_extract::eventfile::read_all(&file).unwrap();
+        let t = Instant::now();
+        let mut n = 0;
+        for r in &records {
+            if let Ok(ev) = smki_extract::contract::CertificateEvent::decode(&r.value[..]) {
+                n += 1;
+                std::hint::black_box(&ev);
+            }
+        }
+        println!("decode only: {n} in {:.2?}", t.elapsed());
+        let ders: Vec<Vec<u8>> = records.iter().filter_map(|r| {
+            match smki_extract::contract::CertificateEvent::decode(&r.value[..]).ok()?.body? {
+                smki_extract::contract::Body::Issued(i) => Some(i.certificate_der),
+                _ => None,
+            }
+        }).collect();
+        let t = Instant::now();
+        for d in &ders {
+            std::hint::black_box(smki_extract::certificate::parse(d).ok());
+        }
+        println!("certificate::parse: {} in {:.2?}", ders.len(), t.elapsed());
+        return;
+    }
+    bench_pipeline(&file, dir.path());
+    if only == "a" {
+        return;
+    }
+    let h = history_of(env_usize("BENCH_MOCK_EVENTS", 300_000), 3);
 
+    // The mock cluster keeps at most 5 MB or 100k records per partition (older ones are
+    // purged), so the topic has enough partitions to hold the whole history.
+    let mock_partitions = 32;
     let kafka = EmbeddedKafka::start(1).unwrap();
-    kafka.create_topic("certs", 6).unwrap();
+    kafka.create_topic("certs", mock_partitions).unwrap();
     kafka.create_topic("certs.dlq", 1).unwrap();
     output::produce(&h.records, &rdkafka::ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).clone(), "certs", |_| {}).unwrap();
-    side_by_side("b", &kafka.bootstrap_servers(), "certs", 6, dir.path());
+    side_by_side("b", &kafka.bootstrap_servers(), "certs", mock_partitions, dir.path());
     drop(kafka);
     drop(h);
 
@@ -202,16 +262,24 @@ fn main() {
         cc.set("bootstrap.servers", &bootstrap);
         let admin: rdkafka::admin::AdminClient<_> = cc.create().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let fixed = || rdkafka::admin::TopicReplication::Fixed(1);
         rt.block_on(admin.create_topics(
             &[
-                rdkafka::admin::NewTopic::new("certs", 6, rdkafka::admin::TopicReplication::Fixed(1)),
-                rdkafka::admin::NewTopic::new("certs.dlq", 1, rdkafka::admin::TopicReplication::Fixed(1)),
+                rdkafka::admin::NewTopic::new("certs", 6, fixed()),
+                rdkafka::admin::NewTopic::new("certs.dlq", 1, fixed()),
+                rdkafka::admin::NewTopic::new("clean", 6, fixed()),
+                rdkafka::admin::NewTopic::new("clean.dlq", 1, fixed()),
             ],
             &rdkafka::admin::AdminOptions::new(),
         ))
         .unwrap();
         output::produce(&h.records, &cc, "certs", |_| {}).unwrap();
         side_by_side("c", &bootstrap, "certs", 6, dir.path());
+        // The same size without bad events: no dead-letter writes competing with the
+        // fetches inside the broker.
+        let clean = history_with(env_usize("BENCH_TANSU_EVENTS", 200_000), 2, 0);
+        output::produce(&clean.records, &cc, "clean", |_| {}).unwrap();
+        side_by_side("c-clean", &bootstrap, "clean", 6, dir.path());
         let _ = child.kill();
         let _ = child.wait();
     } else {

@@ -74,12 +74,21 @@ impl IngestContext {
         self.fatal.lock().expect("not poisoned").get_or_insert(e);
     }
 
-    /// Commit the pending batch to the store, then (informationally) to Kafka.
+    /// Write everything consumed to the store (waiting for dead letters to be
+    /// acknowledged), then commit the offsets (informationally) to Kafka.
     fn commit(&self, consumer: &BaseConsumer<IngestContext>, mode: CommitMode) -> Result<()> {
         let committed = self.ingestor().commit()?;
         if let Some(c) = committed {
-            debug!(records = c.records, offsets = ?c.offsets, "batch committed to the state store");
-            commit_to_kafka(consumer, &self.topic, &c, mode);
+            report_committed(consumer, &self.topic, &c, mode);
+        }
+        Ok(())
+    }
+
+    /// Write the sealed batches whose dead letters are acknowledged; with `wait`, all of them.
+    fn write_ready(&self, consumer: &BaseConsumer<IngestContext>, wait: bool) -> Result<()> {
+        let written = self.ingestor().write_ready(wait)?;
+        for c in &written {
+            report_committed(consumer, &self.topic, c, CommitMode::Async);
         }
         Ok(())
     }
@@ -183,12 +192,16 @@ impl ConsumerContext for IngestContext {
     }
 }
 
-fn commit_to_kafka(
+/// Sealed batches allowed to wait for dead-letter acknowledgements before ingest waits too.
+const MAX_SEALED_BATCHES: usize = 4;
+
+fn report_committed(
     consumer: &BaseConsumer<IngestContext>,
     topic: &str,
     c: &Committed,
     mode: CommitMode,
 ) {
+    debug!(records = c.records, offsets = ?c.offsets, "batch committed to the state store");
     let mut tpl = TopicPartitionList::new();
     for (p, o) in &c.offsets {
         if tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).is_err() {
@@ -279,12 +292,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>, opts: RunOptions, metrics: Me
                     break Err(e);
                 }
                 batch_started.get_or_insert_with(Instant::now);
-                let full = ing.pending_records() >= max_records;
-                drop(ing);
-                if full {
-                    if let Err(e) = ctx.commit(&consumer, CommitMode::Async) {
-                        break Err(e);
-                    }
+                if ing.pending_records() >= max_records {
+                    ing.seal();
                     batch_started = None;
                 }
             }
@@ -295,10 +304,16 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>, opts: RunOptions, metrics: Me
             None => {}
         }
         if batch_started.is_some_and(|t| t.elapsed() >= max_age) {
-            if let Err(e) = ctx.commit(&consumer, CommitMode::Async) {
+            ctx.ingestor().seal();
+            batch_started = None;
+        }
+        // Write what is ready; wait only when too many batches are queued behind slow
+        // dead-letter acknowledgements.
+        let backlog = ctx.ingestor().sealed_batches();
+        if backlog > 0 {
+            if let Err(e) = ctx.write_ready(&consumer, backlog > MAX_SEALED_BATCHES) {
                 break Err(e);
             }
-            batch_started = None;
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
@@ -313,7 +328,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>, opts: RunOptions, metrics: Me
         if opts.stop_at_end {
             let assigned = ctx.assigned.lock().expect("not poisoned").clone();
             let at_end = ctx.at_end.lock().expect("not poisoned").clone();
-            if !assigned.is_empty() && assigned.is_subset(&at_end) && ctx.ingestor().pending_records() == 0 {
+            if !assigned.is_empty() && assigned.is_subset(&at_end) && ctx.ingestor().is_idle() {
                 let since = *quiet_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= opts.end_grace {
                     info!("every assigned partition is at its end; stopping");

@@ -48,10 +48,19 @@ pub struct DeadLetter<'a> {
     pub detail: &'a str,
 }
 
-/// Somewhere dead letters can be sent and then acknowledged as a group.
+/// Somewhere dead letters can be sent and then acknowledged.
+///
+/// Dead letters are numbered in the order they are sent; `acknowledged` is how many of the
+/// first ones are durably accepted (a prefix), so the ingest pipeline can write the offsets
+/// of a batch as soon as every dead letter sent before the batch's end is safe.
 pub trait DeadLetterSink {
     /// Queue one dead letter.
     fn send(&mut self, letter: DeadLetter<'_>) -> Result<()>;
+    /// How many dead letters were sent so far.
+    fn sent(&self) -> u64;
+    /// How many of the first [`Self::sent`] dead letters are durably accepted, without
+    /// waiting; an error if any delivery failed.
+    fn acknowledged(&mut self) -> Result<u64>;
     /// Return once every queued dead letter is durably accepted; an error if any failed.
     fn flush(&mut self) -> Result<()>;
 }
@@ -87,34 +96,72 @@ impl DeadLetterSink for MemoryDeadLetters {
         });
         Ok(())
     }
+    fn sent(&self) -> u64 {
+        self.letters.len() as u64
+    }
+    fn acknowledged(&mut self) -> Result<u64> {
+        Ok(self.letters.len() as u64)
+    }
     fn flush(&mut self) -> Result<()> {
         Ok(())
     }
 }
 
-/// Producer context that remembers delivery failures until the next flush.
+/// Producer context that tracks deliveries by sequence number: which prefix of the sent
+/// messages is acknowledged, and whether any failed.
 #[derive(Default)]
 pub struct DeliveryTracker {
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    acked: Mutex<AckedPrefix>,
+}
+
+/// Contiguous acknowledged prefix plus acknowledgements beyond a gap.
+#[derive(Default)]
+struct AckedPrefix {
+    prefix: u64,
+    beyond: std::collections::BTreeSet<u64>,
 }
 
 impl DeliveryTracker {
-    /// Deliveries that failed since the last flush check.
+    /// Deliveries that failed so far.
     pub fn failed_deliveries(&self) -> u64 {
         self.failed.load(Ordering::SeqCst)
+    }
+
+    /// How many of the messages numbered 0, 1, 2, … are acknowledged, as a prefix.
+    pub fn acknowledged_prefix(&self) -> u64 {
+        self.acked.lock().expect("not poisoned").prefix
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.first_error.lock().expect("not poisoned").clone()
     }
 }
 
 impl ClientContext for DeliveryTracker {}
 
 impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-            let mut first = self.first_error.lock().expect("not poisoned");
-            first.get_or_insert_with(|| e.to_string());
+    /// The message's sequence number.
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        match result {
+            Ok(_) => {
+                let mut acked = self.acked.lock().expect("not poisoned");
+                acked.beyond.insert(seq as u64);
+                loop {
+                    let next = acked.prefix;
+                    if !acked.beyond.remove(&next) {
+                        break;
+                    }
+                    acked.prefix += 1;
+                }
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                let mut first = self.first_error.lock().expect("not poisoned");
+                first.get_or_insert_with(|| e.to_string());
+            }
         }
     }
 }
@@ -123,6 +170,7 @@ impl ProducerContext for DeliveryTracker {
 pub struct KafkaDeadLetters {
     producer: ThreadedProducer<DeliveryTracker>,
     tracker: Arc<DeliveryTracker>,
+    sent: u64,
     topic: String,
     origin_topic: String,
     flush_timeout: Duration,
@@ -130,12 +178,15 @@ pub struct KafkaDeadLetters {
 
 impl KafkaDeadLetters {
     /// A producer to `topic` for records read from `origin_topic`. `config` carries the
-    /// connection settings (bootstrap servers, TLS, SASL); idempotence is switched on so
-    /// retries never reorder or duplicate within a session.
+    /// connection settings (bootstrap servers, TLS, SASL). Every dead letter needs the
+    /// acknowledgement of all in-sync replicas. Idempotence is not needed — the order of
+    /// dead letters does not matter and a repeated one is identified by its origin headers
+    /// — and is left off, so the service does not depend on the broker handing out
+    /// producer ids (measured: tansu 0.6 sometimes stalls on them for a minute).
     pub fn new(config: &ClientConfig, topic: &str, origin_topic: &str) -> Result<Self> {
         let mut config = config.clone();
         config
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", "false")
             .set("acks", "all")
             .set("linger.ms", "5");
         let producer: ThreadedProducer<DeliveryTracker> = config
@@ -145,6 +196,7 @@ impl KafkaDeadLetters {
         Ok(KafkaDeadLetters {
             producer,
             tracker,
+            sent: 0,
             topic: topic.to_string(),
             origin_topic: origin_topic.to_string(),
             flush_timeout: Duration::from_secs(60),
@@ -154,6 +206,20 @@ impl KafkaDeadLetters {
     /// The dead-letter topic name.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// A failed delivery is final: the service stops rather than move offsets past a dead
+    /// letter that is not on the topic (librdkafka has already retried it).
+    fn check_failures(&self) -> Result<()> {
+        let failed = self.tracker.failed_deliveries();
+        if failed > 0 {
+            bail!(
+                "{failed} dead letters to {} failed: {}",
+                self.topic,
+                self.tracker.first_error().unwrap_or_default()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -167,7 +233,8 @@ impl DeadLetterSink for KafkaDeadLetters {
             .insert(Header { key: headers::ORIGIN_TOPIC, value: Some(self.origin_topic.as_str()) })
             .insert(Header { key: headers::ORIGIN_PARTITION, value: Some(partition.as_str()) })
             .insert(Header { key: headers::ORIGIN_OFFSET, value: Some(offset.as_str()) });
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).headers(hdrs);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&self.topic, self.sent as usize).headers(hdrs);
         if let Some(k) = l.key {
             record = record.key(k);
         }
@@ -177,7 +244,10 @@ impl DeadLetterSink for KafkaDeadLetters {
         let mut record = record;
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.sent += 1;
+                    return Ok(());
+                }
                 Err((rdkafka::error::KafkaError::MessageProduction(
                     rdkafka::types::RDKafkaErrorCode::QueueFull,
                 ), r)) => {
@@ -189,18 +259,23 @@ impl DeadLetterSink for KafkaDeadLetters {
         }
     }
 
+    fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    fn acknowledged(&mut self) -> Result<u64> {
+        self.check_failures()?;
+        Ok(self.tracker.acknowledged_prefix())
+    }
+
     fn flush(&mut self) -> Result<()> {
         self.producer
             .flush(self.flush_timeout)
             .with_context(|| format!("dead letters to {} not acknowledged", self.topic))?;
-        let failed = self.tracker.failed.swap(0, Ordering::SeqCst);
-        if failed > 0 {
-            let first = self.tracker.first_error.lock().expect("not poisoned").take();
-            bail!(
-                "{failed} dead letters to {} failed: {}",
-                self.topic,
-                first.unwrap_or_default()
-            );
+        self.check_failures()?;
+        let acked = self.tracker.acknowledged_prefix();
+        if acked < self.sent {
+            bail!("only {acked} of {} dead letters to {} acknowledged", self.sent, self.topic);
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! `smki.v1.EventFileRecord` protobuf messages, so benchmarks and tests can feed the exact
 //! records of a generated history through the pipeline without a broker.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -47,7 +47,58 @@ impl EventFileWriter {
     }
 }
 
-/// Read a whole events file into memory (benchmarks measure the pipeline, not the disk).
+/// Streams the records of an events file, one at a time, in constant memory.
+pub struct EventFileReader<R: Read> {
+    input: R,
+    buf: Vec<u8>,
+    index: usize,
+}
+
+impl EventFileReader<std::io::BufReader<std::fs::File>> {
+    /// Open `path` for streaming.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("opening events file {}", path.display()))?;
+        Ok(EventFileReader::new(std::io::BufReader::with_capacity(1 << 20, file)))
+    }
+}
+
+impl<R: Read> EventFileReader<R> {
+    /// Read records from `input`.
+    pub fn new(input: R) -> Self {
+        EventFileReader { input, buf: Vec::new(), index: 0 }
+    }
+
+    /// The next record into `record` (reusing its buffers); `false` at a clean end of file.
+    pub fn read_into(&mut self, record: &mut EventFileRecord) -> Result<bool> {
+        // Length prefix: a protobuf varint, at most 10 bytes.
+        let mut len: u64 = 0;
+        for i in 0..10 {
+            let mut byte = [0u8; 1];
+            match self.input.read(&mut byte)? {
+                0 if i == 0 => return Ok(false),
+                0 => anyhow::bail!("events file truncated in the length of record {}", self.index),
+                _ => {}
+            }
+            len |= u64::from(byte[0] & 0x7f) << (7 * i);
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        self.buf.resize(len as usize, 0);
+        self.input
+            .read_exact(&mut self.buf)
+            .with_context(|| format!("events file truncated in record {}", self.index))?;
+        record.clear();
+        record
+            .merge(&self.buf[..])
+            .with_context(|| format!("events file record {} is corrupt", self.index))?;
+        self.index += 1;
+        Ok(true)
+    }
+}
+
+/// Read a whole events file into memory.
 pub fn read_all(path: &Path) -> Result<Vec<EventFileRecord>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading events file {}", path.display()))?;
@@ -86,8 +137,16 @@ mod tests {
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].key, b"k1");
         assert_eq!(recs[1].value.len(), 300);
+        let mut reader = EventFileReader::open(&path).unwrap();
+        let mut rec = EventFileRecord::default();
+        assert!(reader.read_into(&mut rec).unwrap());
+        assert_eq!(rec.key, b"k1");
+        assert!(reader.read_into(&mut rec).unwrap());
+        assert_eq!((rec.key.len(), rec.value.len()), (0, 300));
+        assert!(!reader.read_into(&mut rec).unwrap());
         std::fs::write(&path, [0x05, 0x01]).unwrap();
         assert!(read_all(&path).is_err());
+        assert!(EventFileReader::open(&path).unwrap().read_into(&mut rec).is_err());
     }
 
     #[test]

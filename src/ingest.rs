@@ -15,13 +15,13 @@
 //! A repeated `event_id` is applied once: each certificate record keeps the ids of the events
 //! applied to it (a handful in a certificate's life), so the check costs no extra lookup.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use anyhow::Result;
 use chrono_tz::Tz;
 use prost::Message;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::certificate::{self, CertificateInfo, CertificateType, Usage};
 use crate::contract::{
@@ -160,26 +160,64 @@ pub struct Committed {
     pub records: usize,
 }
 
-/// The pending batch: records changed since the last commit, read-your-writes for later
-/// events of the same batch.
+/// The batch being filled.
 #[derive(Default)]
-struct Pending {
-    certs: HashMap<CertKey, CertificateRecord>,
+struct OpenBatch {
+    /// Generation of this batch (increases by one per sealed batch).
+    generation: u64,
+    /// Certificates this batch changed (may repeat).
+    touched: Vec<CertKey>,
+    /// Certificates this batch lodged (their DER must be written).
+    lodged: Vec<CertKey>,
+    /// Change-index entries.
     changes: Vec<(CertKey, u32)>,
+    /// Next offset per partition after this batch.
     offsets: HashMap<i32, i64>,
+    /// Records consumed into it.
     records: usize,
 }
 
+/// A batch closed to new records, waiting for its dead letters to be acknowledged before
+/// it is written.
+struct Sealed {
+    generation: u64,
+    batch: StoreBatch,
+    offsets: Vec<(i32, i64)>,
+    records: usize,
+    /// Dead letters sent up to the end of this batch: all must be acknowledged first.
+    dead_letters_sent: u64,
+}
+
 /// The ingest pipeline over one state store.
+///
+/// Records go into an open batch; [`Ingestor::seal`] closes it, and
+/// [`Ingestor::write_ready`] writes sealed batches, in order, as soon as the dead letters
+/// sent before their end are acknowledged — so a slow dead-letter broker does not stall
+/// consumption, while no offset is ever written ahead of a dead letter it covers. Until a
+/// batch is written, its certificates stay in an overlay that later events read.
 pub struct Ingestor<S: DeadLetterSink> {
     store: Arc<Store>,
     sink: S,
     tz: Tz,
     metrics: Metrics,
-    pending: Pending,
-    /// Next offset per partition as committed to the store (loaded on first sight).
+    open: OpenBatch,
+    sealed: VecDeque<Sealed>,
+    /// Newest unwritten version of every certificate changed by an unwritten batch, with
+    /// the generation of the batch that last changed it.
+    overlay: HashMap<CertKey, (CertificateRecord, u64)>,
+    /// DER of certificates lodged by unwritten batches.
+    bodies: HashMap<CertKey, (Vec<u8>, u64)>,
+    /// Next offset per partition consumed into any batch, written or not.
+    consumed: HashMap<i32, i64>,
+    /// Next offset per partition as written to the store (loaded on first sight).
     committed: HashMap<i32, i64>,
+    /// Issuer Name DER → (issuer hash, its hex): a handful of issuers sign everything, so
+    /// their hashes are computed once. Cleared if it ever grows past [`ISSUER_CACHE_MAX`].
+    issuers: HashMap<Vec<u8>, ([u8; 8], String)>,
 }
+
+/// Bound of the issuer cache (bad input could carry any number of issuers).
+const ISSUER_CACHE_MAX: usize = 1024;
 
 impl<S: DeadLetterSink> Ingestor<S> {
     /// A pipeline writing to `store`, dead-lettering into `sink`, with days in `tz`.
@@ -192,8 +230,13 @@ impl<S: DeadLetterSink> Ingestor<S> {
             sink,
             tz,
             metrics,
-            pending: Pending::default(),
-            committed: HashMap::new(),
+            open: OpenBatch::default(),
+            sealed: VecDeque::new(),
+            overlay: HashMap::default(),
+            bodies: HashMap::default(),
+            consumed: HashMap::default(),
+            committed: HashMap::default(),
+            issuers: HashMap::default(),
         }
     }
 
@@ -207,20 +250,26 @@ impl<S: DeadLetterSink> Ingestor<S> {
         &self.sink
     }
 
-    /// Records consumed since the last commit.
+    /// Records in the open batch.
     pub fn pending_records(&self) -> usize {
-        self.pending.records
+        self.open.records
     }
 
-    /// Next offset to consume from `partition`: pending, else stored, else none.
+    /// Sealed batches not yet written.
+    pub fn sealed_batches(&self) -> usize {
+        self.sealed.len()
+    }
+
+    /// True when everything consumed is written.
+    pub fn is_idle(&self) -> bool {
+        self.open.records == 0 && self.sealed.is_empty()
+    }
+
+    /// Next offset to consume from `partition`: consumed, else stored, else none.
     pub fn next_offset(&mut self, partition: i32) -> Result<Option<i64>> {
-        if let Some(o) = self.pending.offsets.get(&partition) {
+        if let Some(o) = self.consumed.get(&partition) {
             return Ok(Some(*o));
         }
-        self.committed_offset(partition)
-    }
-
-    fn committed_offset(&mut self, partition: i32) -> Result<Option<i64>> {
         if let Some(o) = self.committed.get(&partition) {
             return Ok(Some(*o));
         }
@@ -231,7 +280,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
         Ok(stored)
     }
 
-    /// Take one record into the pending batch. Errors are failures of the store or the
+    /// Take one record into the open batch. Errors are failures of the store or the
     /// dead-letter sink (the service must stop); bad events are an [`Outcome`].
     pub fn ingest(&mut self, rec: RecordRef<'_>) -> Result<Outcome> {
         self.metrics.events_consumed.inc();
@@ -266,45 +315,106 @@ impl<S: DeadLetterSink> Ingestor<S> {
                 Outcome::DeadLettered(rejection)
             }
         };
-        self.pending.offsets.insert(rec.partition, rec.offset + 1);
-        self.pending.records += 1;
+        self.open.offsets.insert(rec.partition, rec.offset + 1);
+        self.consumed.insert(rec.partition, rec.offset + 1);
+        self.open.records += 1;
         Ok(outcome)
     }
 
-    /// Write the pending batch: dead letters acknowledged first, then state and offsets in
-    /// one WriteBatch. Returns what was committed (`None` when nothing was pending).
-    pub fn commit(&mut self) -> Result<Option<Committed>> {
-        if self.pending.records == 0 {
-            return Ok(None);
+    /// Close the open batch (if it holds anything) for writing.
+    pub fn seal(&mut self) {
+        if self.open.records == 0 {
+            return;
         }
-        self.sink.flush()?;
-        let pending = std::mem::take(&mut self.pending);
+        let next = OpenBatch {
+            generation: self.open.generation + 1,
+            ..OpenBatch::default()
+        };
+        let mut open = std::mem::replace(&mut self.open, next);
         let mut batch = StoreBatch::default();
-        for (key, day) in &pending.changes {
+        open.touched.sort_unstable();
+        open.touched.dedup();
+        for key in open.touched {
+            let (record, _) = &self.overlay[&key];
+            batch.put_cert(key, record);
+        }
+        for key in open.lodged {
+            let (der, _) = &self.bodies[&key];
+            batch.put_body(key, der.clone());
+        }
+        for (key, day) in &open.changes {
             batch.put_change(key, *day);
         }
-        for (key, record) in pending.certs {
-            batch.put_cert(key, &record);
-        }
-        let mut offsets: Vec<(i32, i64)> = pending.offsets.into_iter().collect();
+        let mut offsets: Vec<(i32, i64)> = open.offsets.into_iter().collect();
         offsets.sort_unstable();
         for (p, o) in &offsets {
             batch.put_offset(*p, *o);
         }
-        self.store.write(batch)?;
-        for (p, o) in &offsets {
-            self.committed.insert(*p, *o);
-        }
-        self.metrics.batches_committed.inc();
-        Ok(Some(Committed {
+        self.sealed.push_back(Sealed {
+            generation: open.generation,
+            batch,
             offsets,
-            records: pending.records,
-        }))
+            records: open.records,
+            dead_letters_sent: self.sink.sent(),
+        });
     }
 
-    /// Drop what is pending without writing it (a failed sink flush, tests).
-    pub fn discard_pending(&mut self) {
-        self.pending = Pending::default();
+    /// Write sealed batches, in order, whose dead letters are all acknowledged; with
+    /// `wait`, first wait for every dead letter and write them all. Each batch is one
+    /// WriteBatch of state, change index and offsets.
+    pub fn write_ready(&mut self, wait: bool) -> Result<Vec<Committed>> {
+        let mut out = Vec::new();
+        if self.sealed.is_empty() {
+            return Ok(out);
+        }
+        let acknowledged = if wait {
+            let started = std::time::Instant::now();
+            self.sink.flush()?;
+            tracing::trace!(elapsed = ?started.elapsed(), "dead letters acknowledged");
+            self.sink.sent()
+        } else {
+            self.sink.acknowledged()?
+        };
+        while self
+            .sealed
+            .front()
+            .is_some_and(|s| s.dead_letters_sent <= acknowledged)
+        {
+            let sealed = self.sealed.pop_front().expect("checked");
+            self.store.write(sealed.batch)?;
+            for (p, o) in &sealed.offsets {
+                self.committed.insert(*p, *o);
+            }
+            let written = sealed.generation;
+            self.overlay.retain(|_, (_, g)| *g > written);
+            self.bodies.retain(|_, (_, g)| *g > written);
+            self.metrics.batches_committed.inc();
+            out.push(Committed {
+                offsets: sealed.offsets,
+                records: sealed.records,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Seal and write everything consumed, waiting for dead letters to be acknowledged.
+    /// Returns what was committed (`None` when nothing was pending).
+    pub fn commit(&mut self) -> Result<Option<Committed>> {
+        self.seal();
+        let written = self.write_ready(true)?;
+        if written.is_empty() {
+            return Ok(None);
+        }
+        let mut offsets: std::collections::BTreeMap<i32, i64> = Default::default();
+        let mut records = 0;
+        for c in written {
+            offsets.extend(c.offsets);
+            records += c.records;
+        }
+        Ok(Some(Committed {
+            offsets: offsets.into_iter().collect(),
+            records,
+        }))
     }
 
     /// Decode, validate and apply one record into the pending batch.
@@ -330,24 +440,82 @@ impl<S: DeadLetterSink> Ingestor<S> {
         }
     }
 
-    fn lookup(&mut self, key: &CertKey) -> Result<Option<CertificateRecord>> {
-        if let Some(r) = self.pending.certs.remove(key) {
-            return Ok(Some(r));
-        }
-        self.store.get_cert(key)
-    }
-
-    fn put(&mut self, key: CertKey, record: CertificateRecord, day: u32) {
-        self.pending.changes.push((key.clone(), day));
-        self.pending.certs.insert(key, record);
-    }
-
-    /// Put a record back unchanged (it was taken out of the pending map by `lookup`).
-    fn restore(&mut self, key: CertKey, record: CertificateRecord, was_pending: bool) {
-        if was_pending {
-            if let Entry::Vacant(v) = self.pending.certs.entry(key) {
-                v.insert(record);
+    /// Issuer hash and its hex, cached.
+    fn issuer(&mut self, issuer_der: &[u8]) -> ([u8; 8], &str) {
+        if !self.issuers.contains_key(issuer_der) {
+            if self.issuers.len() >= ISSUER_CACHE_MAX {
+                self.issuers.clear();
             }
+            let h = issuer_hash(issuer_der);
+            self.issuers.insert(issuer_der.to_vec(), (h, hex::encode(h)));
+        }
+        let (h, text) = &self.issuers[issuer_der];
+        (*h, text.as_str())
+    }
+
+    /// The store key of a certificate, after checking that the record key names it: that is
+    /// what keeps a certificate's events in one partition, in order.
+    fn key_for(
+        &mut self,
+        rec: RecordRef<'_>,
+        issuer_der: &[u8],
+        serial: &[u8],
+    ) -> Result<CertKey, Rejection> {
+        let (hash, hash_hex) = self.issuer(issuer_der);
+        let serial_hex = hex::encode_upper(serial);
+        let matches = rec.key.is_some_and(|k| {
+            k.len() == hash_hex.len() + 1 + serial_hex.len()
+                && k.starts_with(hash_hex.as_bytes())
+                && k[hash_hex.len()] == b'-'
+                && k.ends_with(serial_hex.as_bytes())
+        });
+        if matches {
+            return Ok(CertKey::new(rec.partition, &hash, serial));
+        }
+        let expected = record_key(issuer_der, serial);
+        match rec.key {
+            Some(k) => reject(
+                Reason::KeyMismatch,
+                format!(
+                    "record key {:?} is not the certificate id {expected:?}",
+                    String::from_utf8_lossy(k)
+                ),
+            ),
+            None => reject(
+                Reason::KeyMismatch,
+                format!("record has no key; expected the certificate id {expected:?}"),
+            ),
+        }
+    }
+
+    /// The DER of a certificate: unwritten, else stored.
+    fn body(&self, key: &CertKey) -> Result<Option<Vec<u8>>> {
+        if let Some((b, _)) = self.bodies.get(key) {
+            return Ok(Some(b.clone()));
+        }
+        self.store.get_body(key)
+    }
+
+    /// The current record of a certificate, taken out of the overlay if it is there (with
+    /// its generation, so [`Self::restore`] can put it back unchanged).
+    fn lookup(&mut self, key: &CertKey) -> Result<Option<(CertificateRecord, Option<u64>)>> {
+        if let Some((r, g)) = self.overlay.remove(key) {
+            return Ok(Some((r, Some(g))));
+        }
+        Ok(self.store.get_cert(key)?.map(|r| (r, None)))
+    }
+
+    /// Record a changed certificate in the open batch.
+    fn put(&mut self, key: CertKey, record: CertificateRecord, day: u32) {
+        self.open.changes.push((key.clone(), day));
+        self.open.touched.push(key.clone());
+        self.overlay.insert(key, (record, self.open.generation));
+    }
+
+    /// Put a record taken by `lookup` back unchanged.
+    fn restore(&mut self, key: CertKey, record: CertificateRecord, generation: Option<u64>) {
+        if let Some(g) = generation {
+            self.overlay.insert(key, (record, g));
         }
     }
 
@@ -384,15 +552,14 @@ impl<S: DeadLetterSink> Ingestor<S> {
                 return Ok(reject(reason, e.to_string()));
             }
         };
-        if let Err(r) = check_key(rec, &info.issuer_name_der, &info.serial) {
-            return Ok(Err(r));
-        }
-        let key = CertKey::new(rec.partition, &issuer_hash(&info.issuer_name_der), &info.serial);
-        let was_pending = self.pending.certs.contains_key(&key);
-        if let Some(existing) = self.lookup(&key)? {
+        let key = match self.key_for(rec, &info.issuer_name_der, &info.serial) {
+            Ok(k) => k,
+            Err(r) => return Ok(Err(r)),
+        };
+        if let Some((existing, generation)) = self.lookup(&key)? {
             let verdict = if existing.applied_event_ids.iter().any(|id| id == event_id) {
                 Ok(false)
-            } else if existing.certificate_der != issued.certificate_der {
+            } else if self.body(&key)?.as_deref() != Some(&issued.certificate_der[..]) {
                 reject(
                     Reason::ConflictingCertificate,
                     format!(
@@ -411,10 +578,12 @@ impl<S: DeadLetterSink> Ingestor<S> {
                     ),
                 )
             };
-            self.restore(key, existing, was_pending);
+            self.restore(key, existing, generation);
             return Ok(verdict);
         }
-        let record = new_record(&info, issued, initial, event_id, occurred_ms);
+        let (record, der) = new_record(&info, issued, initial, event_id, occurred_ms);
+        self.bodies.insert(key.clone(), (der, self.open.generation));
+        self.open.lodged.push(key.clone());
         self.put(key, record, day);
         Ok(Ok(true))
     }
@@ -437,9 +606,10 @@ impl<S: DeadLetterSink> Ingestor<S> {
                 "status change with an empty issuer or serial",
             ));
         }
-        if let Err(r) = check_key(rec, &id.issuer_name_der, &serial) {
-            return Ok(Err(r));
-        }
+        let key = match self.key_for(rec, &id.issuer_name_der, &serial) {
+            Ok(k) => k,
+            Err(r) => return Ok(Err(r)),
+        };
         let new_status = match CertificateStatus::try_from(change.new_status) {
             Ok(CertificateStatus::Unspecified) | Err(_) => {
                 return Ok(reject(
@@ -449,9 +619,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
             }
             Ok(s) => s,
         };
-        let key = CertKey::new(rec.partition, &issuer_hash(&id.issuer_name_der), &serial);
-        let was_pending = self.pending.certs.contains_key(&key);
-        let Some(mut record) = self.lookup(&key)? else {
+        let Some((mut record, generation)) = self.lookup(&key)? else {
             return Ok(reject(
                 Reason::UnknownCertificate,
                 format!("no certificate with serial {} is lodged", hex::encode_upper(&serial)),
@@ -502,7 +670,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
             record.applied_events += 1;
             self.put(key, record, day);
         } else {
-            self.restore(key, record, was_pending);
+            self.restore(key, record, generation);
         }
         Ok(verdict)
     }
@@ -533,35 +701,16 @@ fn decode(rec: RecordRef<'_>) -> Result<CertificateEvent, Rejection> {
     Ok(event)
 }
 
-/// The record key must be the certificate id: that is what keeps a certificate's events in
-/// one partition, in order.
-fn check_key(rec: RecordRef<'_>, issuer_der: &[u8], serial: &[u8]) -> Result<(), Rejection> {
-    let expected = record_key(issuer_der, serial);
-    match rec.key {
-        Some(k) if k == expected.as_bytes() => Ok(()),
-        Some(k) => reject(
-            Reason::KeyMismatch,
-            format!(
-                "record key {:?} is not the certificate id {expected:?}",
-                String::from_utf8_lossy(k)
-            ),
-        ),
-        None => reject(
-            Reason::KeyMismatch,
-            format!("record has no key; expected the certificate id {expected:?}"),
-        ),
-    }
-}
-
+/// The record of a newly lodged certificate, and its DER (stored apart, see the store).
 fn new_record(
     info: &CertificateInfo,
     issued: CertificateIssued,
     initial: CertificateStatus,
     event_id: &str,
     occurred_ms: i64,
-) -> CertificateRecord {
-    CertificateRecord {
-        certificate_der: issued.certificate_der,
+) -> (CertificateRecord, Vec<u8>) {
+    let record = CertificateRecord {
+        certificate_der: Vec::new(),
         status: initial as i32,
         manufacturing_flag: issued.manufacturing_flag,
         certificate_type: match info.cert_type {
@@ -588,7 +737,8 @@ fn new_record(
         status_reason: String::new(),
         applied_event_ids: vec![event_id.to_string()],
         applied_events: 1,
-    }
+    };
+    (record, issued.certificate_der)
 }
 
 #[cfg(test)]
@@ -754,9 +904,69 @@ mod tests {
         fn send(&mut self, _: DeadLetter<'_>) -> Result<()> {
             Ok(())
         }
+        fn sent(&self) -> u64 {
+            1
+        }
+        fn acknowledged(&mut self) -> Result<u64> {
+            anyhow::bail!("broker unreachable")
+        }
         fn flush(&mut self) -> Result<()> {
             anyhow::bail!("broker unreachable")
         }
+    }
+
+    /// A sink whose acknowledgements the test hands out.
+    #[derive(Default)]
+    struct SlowSink {
+        sent: u64,
+        acked: u64,
+    }
+    impl DeadLetterSink for SlowSink {
+        fn send(&mut self, _: DeadLetter<'_>) -> Result<()> {
+            self.sent += 1;
+            Ok(())
+        }
+        fn sent(&self) -> u64 {
+            self.sent
+        }
+        fn acknowledged(&mut self) -> Result<u64> {
+            Ok(self.acked)
+        }
+        fn flush(&mut self) -> Result<()> {
+            self.acked = self.sent;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn sealed_batches_wait_for_their_dead_letters_while_ingest_goes_on() {
+        let der = fixture("00db123456789007-ds.pem");
+        let key = key_text(&der);
+        let mut h = Harness::new(SlowSink::default());
+        h.feed(&key, &lodge("e1", &der));
+        h.feed(&key, b"\xff\xff"); // dead letter #1
+        h.ing.seal();
+        assert!(h.ing.write_ready(false).unwrap().is_empty(), "written before its dead letter was acknowledged");
+        // Ingest goes on and sees the sealed, unwritten state.
+        assert_eq!(h.feed(&key, &change("e2", &der, CertificateStatus::InUse)), Outcome::Applied);
+        h.ing.seal();
+        assert_eq!(h.ing.sealed_batches(), 2);
+        assert_eq!(h.ing.store.next_offset(0).unwrap(), None);
+        // The first dead letter is acknowledged: both batches may go (none sent since).
+        h.ing.sink.acked = 1;
+        let written = h.ing.write_ready(false).unwrap();
+        assert_eq!(written.len(), 2);
+        assert_eq!(h.ing.store.next_offset(0).unwrap(), Some(3));
+        assert_eq!(h.stored(&der).unwrap().applied_events, 2);
+        assert!(h.ing.is_idle());
+        // A batch whose dead letter is not yet acknowledged stays back behind the others.
+        h.feed(&key, b"\xff\xff"); // dead letter #2
+        h.ing.seal();
+        h.feed(&key, &change("e3", &der, CertificateStatus::NotInUse));
+        h.ing.seal();
+        assert!(h.ing.write_ready(false).unwrap().is_empty());
+        assert_eq!(h.ing.commit().unwrap().unwrap().offsets, vec![(0, 5)]);
+        assert_eq!(h.stored(&der).unwrap().status, CertificateStatus::NotInUse as i32);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod deadletter;
 pub mod eui64;
 pub mod eventfile;
+pub mod extract;
 pub mod gen;
 pub mod ingest;
 pub mod metrics;

@@ -2,7 +2,9 @@
 //! and the consumer offsets that produced them.
 //!
 //! Layout (one column family each, all keys big-endian so that byte order is numeric order):
-//! - `certs`:   `partition u32 | issuer-hash [8] | serial` → [`CertificateRecord`] (protobuf);
+//! - `certs`:   `partition u32 | issuer-hash [8] | serial` → [`CertificateRecord`] (protobuf,
+//!   without the DER: small, so the working set of ingest stays in the block cache);
+//! - `bodies`:  same key → the certificate DER (written once at lodging);
 //! - `changes`: `partition u32 | day u32 | issuer-hash [8] | serial` → empty, where `day` is
 //!   the delta day (days from the Common Era, see [`crate::day`]) in which the certificate
 //!   was lodged or changed status: the delta of a day is a range scan, whatever the store size;
@@ -32,6 +34,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 const CF_META: &str = "meta";
 const CF_CERTS: &str = "certs";
+const CF_BODIES: &str = "bodies";
 const CF_CHANGES: &str = "changes";
 const CF_OFFSETS: &str = "offsets";
 const META_FORMAT: &[u8] = b"format_version";
@@ -86,14 +89,21 @@ fn partition_bytes(partition: i32) -> [u8; 4] {
 #[derive(Default)]
 pub struct StoreBatch {
     certs: Vec<(CertKey, Vec<u8>)>,
+    bodies: Vec<(CertKey, Vec<u8>)>,
     changes: Vec<Vec<u8>>,
     offsets: BTreeMap<i32, i64>,
 }
 
 impl StoreBatch {
-    /// Set a certificate's record.
+    /// Set a certificate's record (its `certificate_der` must be empty: see [`Self::put_body`]).
     pub fn put_cert(&mut self, key: CertKey, record: &CertificateRecord) {
+        debug_assert!(record.certificate_der.is_empty(), "DER goes to put_body");
         self.certs.push((key, record.encode_to_vec()));
+    }
+
+    /// Store a newly lodged certificate's DER.
+    pub fn put_body(&mut self, key: CertKey, der: Vec<u8>) {
+        self.bodies.push((key, der));
     }
 
     /// Note that the certificate changed on `day` (it belongs in that day's delta).
@@ -108,7 +118,10 @@ impl StoreBatch {
 
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.certs.is_empty() && self.changes.is_empty() && self.offsets.is_empty()
+        self.certs.is_empty()
+            && self.bodies.is_empty()
+            && self.changes.is_empty()
+            && self.offsets.is_empty()
     }
 }
 
@@ -134,19 +147,34 @@ impl Store {
         opts.set_bytes_per_sync(1 << 20);
         opts.set_keep_log_file_num(5);
 
-        let cache = Cache::new_lru_cache(128 << 20);
+        let cache = Cache::new_lru_cache(256 << 20);
+        // Records: small values read at random by ingest — small blocks, bloom filters, and
+        // a memtable bloom so that lookups of new certificates (misses) stay cheap.
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
-        table.set_block_size(16 << 10);
-
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_block_size(4 << 10);
         let mut certs = Options::default();
         certs.set_block_based_table_factory(&table);
         certs.set_compression_type(DBCompressionType::Lz4);
         certs.set_bottommost_compression_type(DBCompressionType::Zstd);
         certs.set_write_buffer_size(64 << 20);
+        certs.set_memtable_whole_key_filtering(true);
+        certs.set_memtable_prefix_bloom_ratio(0.05);
         certs.set_level_compaction_dynamic_level_bytes(true);
+
+        // Bodies: DER (keys and signatures do not compress), written once, read in key
+        // order when files are written.
+        let mut body_table = BlockBasedOptions::default();
+        body_table.set_block_cache(&cache);
+        body_table.set_block_size(32 << 10);
+        let mut bodies = Options::default();
+        bodies.set_block_based_table_factory(&body_table);
+        bodies.set_compression_type(DBCompressionType::None);
+        bodies.set_write_buffer_size(64 << 20);
+        bodies.set_level_compaction_dynamic_level_bytes(true);
 
         let mut index = Options::default();
         index.set_compression_type(DBCompressionType::Lz4);
@@ -155,6 +183,7 @@ impl Store {
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
             ColumnFamilyDescriptor::new(CF_CERTS, certs),
+            ColumnFamilyDescriptor::new(CF_BODIES, bodies),
             ColumnFamilyDescriptor::new(CF_CHANGES, index),
             ColumnFamilyDescriptor::new(CF_OFFSETS, Options::default()),
         ];
@@ -227,6 +256,11 @@ impl Store {
         }
     }
 
+    /// The DER of a stored certificate.
+    pub fn get_body(&self, key: &CertKey) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_BODIES), key.as_bytes())?)
+    }
+
     /// The next offset to consume from `partition`, if anything of it was ever stored.
     pub fn next_offset(&self, partition: i32) -> Result<Option<i64>> {
         Ok(self
@@ -248,11 +282,22 @@ impl Store {
     }
 
     /// Apply a batch atomically (one RocksDB WriteBatch through the WAL).
-    pub fn write(&self, batch: StoreBatch) -> Result<()> {
+    ///
+    /// Entries are inserted in key order: the memtable's skip list inserts sorted keys far
+    /// faster than random ones (measured: a quarter of ingest time went to random inserts).
+    pub fn write(&self, mut batch: StoreBatch) -> Result<()> {
+        batch.certs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        batch.bodies.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        batch.changes.sort_unstable();
+        batch.changes.dedup();
         let mut wb = WriteBatch::default();
         let certs = self.cf(CF_CERTS);
         for (k, v) in &batch.certs {
             wb.put_cf(certs, k.as_bytes(), v);
+        }
+        let bodies = self.cf(CF_BODIES);
+        for (k, v) in &batch.bodies {
+            wb.put_cf(bodies, k.as_bytes(), v);
         }
         let changes = self.cf(CF_CHANGES);
         for k in &batch.changes {
@@ -335,7 +380,6 @@ mod tests {
 
     fn record(status: CertificateStatus) -> CertificateRecord {
         CertificateRecord {
-            certificate_der: vec![1, 2, 3],
             status: status as i32,
             certificate_type: StoredType::Device as i32,
             applied_event_ids: vec!["e1".into()],
@@ -366,6 +410,7 @@ mod tests {
             assert_eq!(store.next_offset(3).unwrap(), None);
             let mut b = StoreBatch::default();
             b.put_cert(key.clone(), &record(CertificateStatus::InUse));
+            b.put_body(key.clone(), vec![0x30, 0x03, 1, 2, 3]);
             b.put_change(&key, 739_001);
             b.put_offset(3, 42);
             store.write(b).unwrap();
@@ -375,6 +420,7 @@ mod tests {
         assert_eq!(store.offsets().unwrap(), BTreeMap::from([(3, 42)]));
         let rec = store.get_cert(&key).unwrap().unwrap();
         assert_eq!(rec, record(CertificateStatus::InUse));
+        assert_eq!(store.get_body(&key).unwrap(), Some(vec![0x30, 0x03, 1, 2, 3]));
         assert_eq!(store.changes_on(3, 739_001).unwrap(), vec![key.clone()]);
         assert!(store.changes_on(3, 739_002).unwrap().is_empty());
         assert!(store.changes_on(2, 739_001).unwrap().is_empty());

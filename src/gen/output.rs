@@ -47,7 +47,9 @@ pub fn produce(
         .create_with_context(DeliveryTracker::default())
         .context("creating the producer")?;
     for (i, r) in records.iter().enumerate() {
-        let mut rec = BaseRecord::<[u8], [u8]>::to(topic).key(&r.key[..]).payload(&r.value[..]);
+        let mut rec = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, i)
+            .key(&r.key[..])
+            .payload(&r.value[..]);
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
