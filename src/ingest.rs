@@ -709,10 +709,24 @@ fn new_record(
     event_id: &str,
     occurred_ms: i64,
 ) -> (CertificateRecord, Vec<u8>) {
-    let record = CertificateRecord {
+    let record = record_for(info, initial, issued.manufacturing_flag, event_id, occurred_ms);
+    (record, issued.certificate_der)
+}
+
+/// What the store holds for a certificate lodged by event `event_id` at `occurred_ms`:
+/// everything derived from its DER, without the DER itself (the `bodies` column family
+/// holds it). Public so that tests of the file writers build records exactly as ingest does.
+pub fn record_for(
+    info: &CertificateInfo,
+    status: CertificateStatus,
+    manufacturing_flag: bool,
+    event_id: &str,
+    occurred_ms: i64,
+) -> CertificateRecord {
+    CertificateRecord {
         certificate_der: Vec::new(),
-        status: initial as i32,
-        manufacturing_flag: issued.manufacturing_flag,
+        status: status as i32,
+        manufacturing_flag,
         certificate_type: match info.cert_type {
             CertificateType::Oca => StoredType::Oca,
             CertificateType::Dca => StoredType::Dca,
@@ -737,8 +751,7 @@ fn new_record(
         status_reason: String::new(),
         applied_event_ids: vec![event_id.to_string()],
         applied_events: 1,
-    };
-    (record, issued.certificate_der)
+    }
 }
 
 #[cfg(test)]

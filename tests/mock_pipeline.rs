@@ -18,6 +18,19 @@ use smki_extract::metrics::Metrics;
 use smki_extract::mock::EmbeddedKafka;
 use smki_extract::store::Store;
 
+/// Configuration for topic `certs` on `kafka`, with a store in `dir`.
+fn mock_config(kafka: &EmbeddedKafka, dir: &std::path::Path, group: &str) -> Config {
+    kafka.create_topic("certs.dlq", 1).unwrap();
+    let mut config = Config::default();
+    config.kafka.bootstrap_servers = kafka.bootstrap_servers();
+    config.kafka.topic = "certs".into();
+    config.kafka.group_id = group.into();
+    config.store.path = dir.join("store");
+    // The mock cluster keeps a departed member until its session times out.
+    config.kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+    config
+}
+
 fn run(config: &Config) -> consumer::RunSummary {
     consumer::run(
         config,
@@ -46,16 +59,9 @@ fn generated_history_lands_exactly_and_a_restart_applies_nothing_twice() {
 
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic("certs", 4).unwrap();
-    kafka.create_topic("certs.dlq", 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = kafka.bootstrap_servers();
-    config.kafka.topic = "certs".into();
-    config.kafka.group_id = "pipeline".into();
-    config.store.path = dir.path().join("store");
+    let mut config = mock_config(&kafka, dir.path(), "pipeline");
     config.ingest.batch_max_records = 333;
-    // The mock cluster keeps a departed member until its session times out.
-    config.kafka.properties.insert("session.timeout.ms".into(), "6000".into());
     output::produce(&h.records, &config.kafka.client_config(), "certs", |_| {}).unwrap();
 
     let first = run(&config);
@@ -117,14 +123,8 @@ fn partitions_unknown_to_the_store_start_at_their_beginning() {
     let (a, b) = (history::generate(&spec(1)).unwrap(), history::generate(&spec(2)).unwrap());
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic("certs", 4).unwrap();
-    kafka.create_topic("certs.dlq", 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = kafka.bootstrap_servers();
-    config.kafka.topic = "certs".into();
-    config.kafka.group_id = "grow".into();
-    config.store.path = dir.path().join("store");
-    config.kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+    let config = mock_config(&kafka, dir.path(), "grow");
 
     produce_to(&config, &a.records, &[0, 1]);
     assert_eq!(run(&config).applied, a.expected.applied);

@@ -40,9 +40,9 @@ fn sigkill_at_random_instants_loses_nothing_and_applies_nothing_twice() {
         let mut child = spawn(&args_for(kills), &log);
         // Kill while records are flowing: a random instant after the first batch of this run
         // reached the store (small batches, so kills land before, inside and between them).
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while commits(&log) == before {
-            assert!(std::time::Instant::now() < deadline, "no batch committed:\n{}", tail(&log));
+        // A run with nothing left to write is killed after a while all the same.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while commits(&log) == before && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..600)));

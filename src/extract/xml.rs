@@ -995,38 +995,12 @@ mod tests {
         NaiveDate::from_ymd_opt(2025, 1, 5).unwrap()
     }
 
-    /// The mapping of `ingest::new_record`, copied: what the store holds for a certificate.
+    /// What the store holds for a certificate (built as ingest builds it), with its DER.
     fn record_from_der(der: Vec<u8>, status: CertificateStatus, mfg: bool) -> CertificateRecord {
         let info = certificate::parse(&der).unwrap();
-        CertificateRecord {
-            certificate_der: der,
-            status: status as i32,
-            manufacturing_flag: mfg,
-            certificate_type: match info.cert_type {
-                CertificateType::Oca => StoredType::Oca,
-                CertificateType::Dca => StoredType::Dca,
-                CertificateType::Organisation => StoredType::Organisation,
-                CertificateType::Device => StoredType::Device,
-            } as i32,
-            subject_id: info.subject_id.map(|id| id.0.to_vec()).unwrap_or_default(),
-            role: info.role.map(i32::from).unwrap_or(-1),
-            usage: match info.usage {
-                Usage::DigitalSignature => StoredUsage::DigitalSignature,
-                Usage::KeyAgreement => StoredUsage::KeyAgreement,
-                Usage::CertSign => StoredUsage::CertSign,
-            } as i32,
-            issuer_name_der: info.issuer_name_der.clone(),
-            serial: info.serial.clone(),
-            issuer: info.issuer.clone(),
-            subject: info.subject.clone(),
-            not_before: info.not_before,
-            not_after: info.not_after,
-            lodged_at_ms: 1_790_000_000_000,
-            status_changed_at_ms: 1_790_000_000_000,
-            status_reason: String::new(),
-            applied_event_ids: vec!["e1".into()],
-            applied_events: 1,
-        }
+        let mut record = crate::ingest::record_for(&info, status, mfg, "e1", 1_790_000_000_000);
+        record.certificate_der = der;
+        record
     }
 
     fn fixture_ders() -> Vec<(String, Vec<u8>)> {

@@ -99,13 +99,7 @@ impl Drop for Tansu {
 
 /// Run `tests/support/kafka_tool.py` and require success.
 pub fn kafka_tool(args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_tool.py");
-    let out = Command::new(python()).arg(script).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "kafka_tool {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kafka_tool_output(args);
 }
 
 /// Run `smki-extract gen` into an events file plus expectations; returns the expectations.
@@ -153,7 +147,7 @@ pub fn spawn(args: &[String], log: &Path) -> Child {
     Command::new(bin())
         .args(args)
         .env("SMKI_LOG", "info,smki_extract::consumer=debug")
-        .env("SMKI_BATCH_MAX_RECORDS", "2000")
+        .env("SMKI_BATCH_MAX_RECORDS", "500")
         .stdout(Stdio::null())
         .stderr(f)
         .spawn()
