@@ -216,14 +216,12 @@ fn report_committed(
 
 /// Build the consumer for `config`.
 fn consumer(config: &Config, context: IngestContext) -> Result<BaseConsumer<IngestContext>> {
-    let mut c = config.kafka.client_config();
     // Defaults first, then the operator's pass-through properties may override them...
-    let mut cc = rdkafka::config::ClientConfig::new();
-    cc.set("auto.offset.reset", "earliest");
-    for (k, v) in c.config_map() {
-        cc.set(k, v);
+    let mut c = rdkafka::config::ClientConfig::new();
+    c.set("auto.offset.reset", "earliest");
+    for (k, v) in config.kafka.client_config().config_map() {
+        c.set(k, v);
     }
-    c = cc;
     // ...except what correctness depends on.
     c.set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
