@@ -2,4 +2,5 @@
 //! deterministic gzip that wraps it. Publication and the window clock build on these.
 
 pub mod gzip;
+pub mod publish;
 pub mod xml;

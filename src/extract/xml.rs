@@ -983,7 +983,7 @@ impl RecordBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certificate::{self, CertificateType, Usage};
+    use crate::certificate;
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
