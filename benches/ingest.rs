@@ -95,7 +95,12 @@ fn history_with(events: usize, seed: u64, invalid_per_mille: u32) -> history::Hi
 
 fn bench_pipeline(file: &Path, dir: &Path) {
     let store = Arc::new(Store::open(&dir.join("a-store"), "certs").unwrap());
-    let mut ing = Ingestor::new(store, MemoryDeadLetters::default(), "Europe/London".parse().unwrap(), Metrics::new());
+    let mut ing = Ingestor::new(
+        store,
+        MemoryDeadLetters::default(),
+        "Europe/London".parse().unwrap(),
+        Metrics::new(),
+    );
     let partitions = 6u32;
     let mut next = vec![0i64; partitions as usize];
     reset_peak_rss();
@@ -108,7 +113,13 @@ fn bench_pipeline(file: &Path, dir: &Path) {
         let p = partition_for_key(&r.key, partitions);
         let offset = next[p as usize];
         next[p as usize] += 1;
-        ing.ingest(RecordRef { partition: p, offset, key: Some(&r.key), value: Some(&r.value) }).unwrap();
+        ing.ingest(RecordRef {
+            partition: p,
+            offset,
+            key: Some(&r.key),
+            value: Some(&r.value),
+        })
+        .unwrap();
         if ing.pending_records() >= 10_000 {
             ing.commit().unwrap();
         }
@@ -135,7 +146,8 @@ fn bare_drain(bootstrap: &str, topic: &str, partitions: i32) -> (usize, Duration
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut remaining: BTreeSet<i32> = (0..partitions).collect();
@@ -168,13 +180,19 @@ fn side_by_side(label: &str, bootstrap: &str, topic: &str, partitions: i32, dir:
     config.kafka.bootstrap_servers = bootstrap.into();
     config.kafka.topic = topic.into();
     config.kafka.group_id = format!("bench-{label}");
-    config.kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+    config
+        .kafka
+        .properties
+        .insert("session.timeout.ms".into(), "6000".into());
     config.store.path = dir.join(format!("store-{label}"));
     reset_peak_rss();
     let summary = consumer::run(
         &config,
         Arc::new(AtomicBool::new(false)),
-        RunOptions { stop_at_end: true, end_grace: Duration::from_millis(500) },
+        RunOptions {
+            stop_at_end: true,
+            end_grace: Duration::from_millis(500),
+        },
         Metrics::new(),
     )
     .unwrap();
@@ -189,7 +207,10 @@ fn side_by_side(label: &str, bootstrap: &str, topic: &str, partitions: i32, dir:
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -199,7 +220,11 @@ fn main() {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let file = events_file(env_usize("BENCH_EVENTS", 1_000_000), 1);
-    println!("(a) input: {} ({} MB)", file.display(), std::fs::metadata(&file).unwrap().len() >> 20);
+    println!(
+        "(a) input: {} ({} MB)",
+        file.display(),
+        std::fs::metadata(&file).unwrap().len() >> 20
+    );
     if only == "parse" {
         use prost::Message;
         let records = smki_extract::eventfile::read_all(&file).unwrap();
@@ -212,12 +237,18 @@ fn main() {
             }
         }
         println!("decode only: {n} in {:.2?}", t.elapsed());
-        let ders: Vec<Vec<u8>> = records.iter().filter_map(|r| {
-            match smki_extract::contract::CertificateEvent::decode(&r.value[..]).ok()?.body? {
-                smki_extract::contract::Body::Issued(i) => Some(i.certificate_der),
-                _ => None,
-            }
-        }).collect();
+        let ders: Vec<Vec<u8>> = records
+            .iter()
+            .filter_map(|r| {
+                match smki_extract::contract::CertificateEvent::decode(&r.value[..])
+                    .ok()?
+                    .body?
+                {
+                    smki_extract::contract::Body::Issued(i) => Some(i.certificate_der),
+                    _ => None,
+                }
+            })
+            .collect();
         let t = Instant::now();
         for d in &ders {
             std::hint::black_box(smki_extract::certificate::parse(d).ok());
@@ -237,19 +268,45 @@ fn main() {
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic("certs", mock_partitions).unwrap();
     kafka.create_topic("certs.dlq", 1).unwrap();
-    output::produce(&h.records, &rdkafka::ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).clone(), "certs", |_| {}).unwrap();
-    side_by_side("b", &kafka.bootstrap_servers(), "certs", mock_partitions, dir.path());
+    output::produce(
+        &h.records,
+        &rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap_servers())
+            .clone(),
+        "certs",
+        |_| {},
+    )
+    .unwrap();
+    side_by_side(
+        "b",
+        &kafka.bootstrap_servers(),
+        "certs",
+        mock_partitions,
+        dir.path(),
+    );
     drop(kafka);
     drop(h);
 
     if let Some(tansu) = std::env::var_os("SMKI_TANSU") {
         let h = history_of(env_usize("BENCH_TANSU_EVENTS", 200_000), 2);
         let tdir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let url = format!("tcp://127.0.0.1:{port}");
         let mut child = std::process::Command::new(tansu)
             .current_dir(tdir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -261,7 +318,10 @@ fn main() {
         let mut cc = rdkafka::ClientConfig::new();
         cc.set("bootstrap.servers", &bootstrap);
         let admin: rdkafka::admin::AdminClient<_> = cc.create().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let fixed = || rdkafka::admin::TopicReplication::Fixed(1);
         rt.block_on(admin.create_topics(
             &[

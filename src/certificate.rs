@@ -146,8 +146,8 @@ fn oid_is(oid: &Oid<'_>, arcs: &[u64]) -> bool {
 /// P-256 key signed with ecdsa-with-SHA256, and end-entity certificates whose critical
 /// keyUsage is not exactly one of digitalSignature or keyAgreement.
 pub fn parse(der: &[u8]) -> Result<CertificateInfo, CertificateError> {
-    let (rest, cert) = X509Certificate::from_der(der)
-        .map_err(|e| CertificateError::Unparseable(e.to_string()))?;
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertificateError::Unparseable(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CertificateError::Unparseable(format!(
             "{} trailing bytes after the certificate",
@@ -164,6 +164,16 @@ pub fn parse(der: &[u8]) -> Result<CertificateInfo, CertificateError> {
     let usage = usage_of(&cert, is_ca)?;
     let (role, entity_id) = subject_role_and_entity(&cert)?;
     let device_id = device_id_of(&cert)?;
+    // RFC 5280 §4.1.2.4: the issuer is never empty. Only device certificates may have an
+    // empty subject (their identity is the SAN); every other kind is named by its subject.
+    if cert.issuer().iter().next().is_none() {
+        return Err(CertificateError::Profile("empty issuer name".into()));
+    }
+    if device_id.is_none() && cert.subject().iter().next().is_none() {
+        return Err(CertificateError::Profile(
+            "empty subject on a certificate that is not a device certificate".into(),
+        ));
+    }
 
     let cert_type = if is_ca {
         if device_id.is_some() {
@@ -247,7 +257,9 @@ fn check_crypto_profile(cert: &X509Certificate<'_>) -> Result<(), CertificateErr
     if curve.as_ref() != Some(&oid_registry::OID_EC_P256) {
         return Err(CertificateError::Profile(format!(
             "EC key on curve {} instead of P-256",
-            curve.map(|c| c.to_id_string()).unwrap_or_else(|| "?".into())
+            curve
+                .map(|c| c.to_id_string())
+                .unwrap_or_else(|| "?".into())
         )));
     }
     if cert.signature_algorithm.algorithm != oid_registry::OID_SIG_ECDSA_WITH_SHA256 {
@@ -405,7 +417,12 @@ mod tests {
             let info = parse(&der_from_pem(&std::fs::read_to_string(&path).unwrap()).unwrap())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(info.cert_type, CertificateType::Device, "{name}");
-            let id = info.subject_id.unwrap().to_string().replace('-', "").to_lowercase();
+            let id = info
+                .subject_id
+                .unwrap()
+                .to_string()
+                .replace('-', "")
+                .to_lowercase();
             assert_eq!(id, &name[..16], "{name}");
             let expected = if name.ends_with("-ds.pem") {
                 Usage::DigitalSignature
@@ -452,11 +469,18 @@ mod tests {
             assert_eq!(info.cert_type, CertificateType::Organisation, "{name}");
             // e.g. subject=x500UniqueIdentifier=#03090090B3D51F30000001,OU=01
             let subject = openssl_subject(&path);
-            let uid = subject.split("x500UniqueIdentifier=#030900").nth(1).unwrap();
+            let uid = subject
+                .split("x500UniqueIdentifier=#030900")
+                .nth(1)
+                .unwrap();
             let id = info.subject_id.unwrap().to_string().replace('-', "");
             assert_eq!(id, &uid[..16], "{name}: {subject}");
             let ou = subject.split("OU=").nth(1).unwrap();
-            assert_eq!(info.role, Some(u8::from_str_radix(&ou[..2], 16).unwrap()), "{name}");
+            assert_eq!(
+                info.role,
+                Some(u8::from_str_radix(&ou[..2], 16).unwrap()),
+                "{name}"
+            );
             assert_eq!(info.issuer, "OU=07, CN=Z1", "{name}");
             let expected = if name.contains("-ds") {
                 Usage::DigitalSignature
@@ -478,7 +502,10 @@ mod tests {
         let info = parse(&load("90b3d51f30000001-ds.pem")).unwrap();
         assert_eq!(info.serial_hex(), "469AFEC2E7C0CAAEC8A400769B702BC8");
         assert_eq!(info.role, Some(1));
-        assert_eq!(info.subject_id.unwrap().to_string(), "90-B3-D5-1F-30-00-00-01");
+        assert_eq!(
+            info.subject_id.unwrap().to_string(),
+            "90-B3-D5-1F-30-00-00-01"
+        );
         assert_eq!(info.not_before, 1446163200);
         assert_eq!(info.not_after, 1761782399);
         assert_eq!(info.usage.code(), "DS");
@@ -502,10 +529,9 @@ mod tests {
 
     #[test]
     fn a_public_key_is_not_a_certificate() {
-        let text = std::fs::read_to_string(
-            fixtures().join("bad-input/public-key-not-a-certificate.pem"),
-        )
-        .unwrap();
+        let text =
+            std::fs::read_to_string(fixtures().join("bad-input/public-key-not-a-certificate.pem"))
+                .unwrap();
         let err = der_from_pem(&text).unwrap_err();
         assert!(err.to_string().contains("PUBLIC KEY"), "{err}");
         // And its DER, offered as a certificate, is rejected by the parser.
@@ -516,11 +542,108 @@ mod tests {
 
     #[test]
     fn garbage_and_trailing_bytes_are_rejected() {
-        assert_eq!(parse(b"hello").unwrap_err().reason(), "certificate_unparseable");
+        assert_eq!(
+            parse(b"hello").unwrap_err().reason(),
+            "certificate_unparseable"
+        );
         let mut der = load("00db123456789001-ds.pem");
         der.push(0);
         let err = parse(&der).unwrap_err();
         assert!(err.to_string().contains("trailing"), "{err}");
+    }
+
+    /// Run openssl in `dir`, requiring success.
+    fn openssl(dir: &Path, args: &[&str]) {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed (scripts/setup)");
+        assert!(status.success(), "openssl {args:?}");
+    }
+
+    #[test]
+    fn only_device_certificates_may_have_an_empty_subject_and_none_an_empty_issuer() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        std::fs::write(
+            d.join("ext.cnf"),
+            "keyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n",
+        )
+        .unwrap();
+        // A P-256 end entity with an empty subject and no Device ID, issued by a named CA.
+        openssl(
+            d,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-subj",
+                    "/CN=Test CA",
+                    "-days",
+                    "1",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            d,
+            &[
+                &["req", "-new"][..],
+                &ec,
+                &["-subj", "/", "-keyout", "l.key", "-out", "l.csr"],
+            ]
+            .concat(),
+        );
+        openssl(
+            d,
+            &[
+                "x509", "-req", "-in", "l.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "1",
+                "-outform", "DER", "-out", "l.der", "-extfile", "ext.cnf",
+            ],
+        );
+        let err = parse(&std::fs::read(d.join("l.der")).unwrap()).unwrap_err();
+        assert_eq!(err.reason(), "certificate_profile", "{err}");
+        assert!(err.to_string().contains("empty subject"), "{err}");
+        // Self-signed with an empty name: the issuer is empty too.
+        openssl(
+            d,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-subj",
+                    "/",
+                    "-days",
+                    "1",
+                    "-keyout",
+                    "s.key",
+                    "-out",
+                    "s.der",
+                    "-outform",
+                    "DER",
+                    "-addext",
+                    "keyUsage=critical,digitalSignature",
+                    "-addext",
+                    "basicConstraints=critical,CA:FALSE",
+                ],
+            ]
+            .concat(),
+        );
+        let err = parse(&std::fs::read(d.join("s.der")).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("empty issuer"), "{err}");
     }
 
     #[test]

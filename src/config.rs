@@ -240,7 +240,9 @@ impl Config {
             let Some((k, v)) = kv.split_once('=') else {
                 bail!("-X {kv:?}: expected key=value");
             };
-            self.kafka.properties.insert(k.trim().into(), v.trim().into());
+            self.kafka
+                .properties
+                .insert(k.trim().into(), v.trim().into());
         }
         Ok(())
     }
@@ -261,7 +263,10 @@ impl Config {
         }
         crate::day::parse_time_zone(&self.ingest.time_zone)?;
         if !matches!(self.log.format.as_str(), "human" | "json") {
-            bail!("log.format must be \"human\" or \"json\", not {:?}", self.log.format);
+            bail!(
+                "log.format must be \"human\" or \"json\", not {:?}",
+                self.log.format
+            );
         }
         for key in ["bootstrap.servers", "group.id", "enable.auto.commit"] {
             if self.kafka.properties.contains_key(key) {
@@ -330,7 +335,10 @@ mod tests {
             properties: vec!["novalue".into()],
             ..Default::default()
         };
-        assert!(Config::load(None, none, &flags).unwrap_err().to_string().contains("key=value"));
+        assert!(Config::load(None, none, &flags)
+            .unwrap_err()
+            .to_string()
+            .contains("key=value"));
         let env = |k: &str| (k == "SMKI_BATCH_MAX_MS").then(|| "soon".to_string());
         assert!(Config::load(None, env, &Overrides::default()).is_err());
     }

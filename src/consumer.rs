@@ -93,7 +93,11 @@ impl IngestContext {
         Ok(())
     }
 
-    fn on_assign(&self, consumer: &BaseConsumer<IngestContext>, tpl: &mut TopicPartitionList) -> Result<()> {
+    fn on_assign(
+        &self,
+        consumer: &BaseConsumer<IngestContext>,
+        tpl: &mut TopicPartitionList,
+    ) -> Result<()> {
         let partitions: Vec<i32> = tpl
             .elements_for_topic(&self.topic)
             .iter()
@@ -106,7 +110,11 @@ impl IngestContext {
                     Some(o) => Offset::Offset(o),
                     None => Offset::Beginning,
                 };
-                info!(partition = p, ?offset, "assigned; starting at the offset in the state store");
+                info!(
+                    partition = p,
+                    ?offset,
+                    "assigned; starting at the offset in the state store"
+                );
                 tpl.set_partition_offset(&self.topic, *p, offset)
                     .map_err(|e| anyhow!("setting start offset of partition {p}: {e}"))?;
             }
@@ -122,7 +130,11 @@ impl IngestContext {
         Ok(())
     }
 
-    fn on_revoke(&self, consumer: &BaseConsumer<IngestContext>, tpl: &TopicPartitionList) -> Result<()> {
+    fn on_revoke(
+        &self,
+        consumer: &BaseConsumer<IngestContext>,
+        tpl: &TopicPartitionList,
+    ) -> Result<()> {
         // Persist what was read from the revoked partitions before letting them go.
         let result = self.commit(consumer, CommitMode::Sync);
         let partitions: Vec<i32> = tpl
@@ -204,7 +216,10 @@ fn report_committed(
     debug!(records = c.records, offsets = ?c.offsets, "batch committed to the state store");
     let mut tpl = TopicPartitionList::new();
     for (p, o) in &c.offsets {
-        if tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).is_err() {
+        if tpl
+            .add_partition_offset(topic, *p, Offset::Offset(*o))
+            .is_err()
+        {
             return;
         }
     }
@@ -227,15 +242,25 @@ fn consumer(config: &Config, context: IngestContext) -> Result<BaseConsumer<Inge
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true");
-    c.create_with_context(context).context("creating the Kafka consumer")
+    c.create_with_context(context)
+        .context("creating the Kafka consumer")
 }
 
 /// Run the ingest service until `stop` is set (signal) or, with `stop_at_end`, until caught up.
-pub fn run(config: &Config, stop: Arc<AtomicBool>, opts: RunOptions, metrics: Metrics) -> Result<RunSummary> {
+pub fn run(
+    config: &Config,
+    stop: Arc<AtomicBool>,
+    opts: RunOptions,
+    metrics: Metrics,
+) -> Result<RunSummary> {
     let tz: Tz = crate::day::parse_time_zone(&config.ingest.time_zone)?;
     let store = Arc::new(Store::open(&config.store.path, &config.kafka.topic)?);
     let dlq_topic = config.kafka.dead_letter_topic();
-    let sink = KafkaDeadLetters::new(&config.kafka.client_config(), &dlq_topic, &config.kafka.topic)?;
+    let sink = KafkaDeadLetters::new(
+        &config.kafka.client_config(),
+        &dlq_topic,
+        &config.kafka.topic,
+    )?;
     let ingestor = Ingestor::new(store, sink, tz, metrics.clone());
     let context = IngestContext {
         ingestor: Mutex::new(ingestor),
@@ -278,7 +303,10 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>, opts: RunOptions, metrics: Me
                 quiet_since = None;
                 first_record.get_or_insert_with(Instant::now);
                 last_record = Some(Instant::now());
-                ctx.at_end.lock().expect("not poisoned").remove(&msg.partition());
+                ctx.at_end
+                    .lock()
+                    .expect("not poisoned")
+                    .remove(&msg.partition());
                 let rec = RecordRef {
                     partition: msg.partition(),
                     offset: msg.offset(),

@@ -18,10 +18,12 @@ pub mod smki {
     }
 }
 
-pub use smki::store::v1::{CertificateRecord, CertificateType as StoredType, KeyUsage as StoredUsage};
+pub use smki::store::v1::{
+    CertificateRecord, CertificateType as StoredType, KeyUsage as StoredUsage,
+};
 pub use smki::v1::{
-    certificate_event::Body, CertificateEvent, CertificateId, CertificateIssued,
-    CertificateStatus, EventFileRecord, StatusChanged,
+    certificate_event::Body, CertificateEvent, CertificateId, CertificateIssued, CertificateStatus,
+    EventFileRecord, StatusChanged,
 };
 
 use sha2::{Digest, Sha256};
@@ -59,7 +61,10 @@ impl CertificateStatus {
 
     /// `E` and `R` are final: no transition leaves them.
     pub fn is_final(self) -> bool {
-        matches!(self, CertificateStatus::Expired | CertificateStatus::Revoked)
+        matches!(
+            self,
+            CertificateStatus::Expired | CertificateStatus::Revoked
+        )
     }
 
     /// The lifecycle of DESIGN §3: P→I, I→N, N→I, and P/I/N→R or →E.

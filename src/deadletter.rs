@@ -228,11 +228,26 @@ impl DeadLetterSink for KafkaDeadLetters {
         let partition = l.partition.to_string();
         let offset = l.offset.to_string();
         let hdrs = OwnedHeaders::new()
-            .insert(Header { key: headers::REASON, value: Some(l.reason) })
-            .insert(Header { key: headers::DETAIL, value: Some(l.detail) })
-            .insert(Header { key: headers::ORIGIN_TOPIC, value: Some(self.origin_topic.as_str()) })
-            .insert(Header { key: headers::ORIGIN_PARTITION, value: Some(partition.as_str()) })
-            .insert(Header { key: headers::ORIGIN_OFFSET, value: Some(offset.as_str()) });
+            .insert(Header {
+                key: headers::REASON,
+                value: Some(l.reason),
+            })
+            .insert(Header {
+                key: headers::DETAIL,
+                value: Some(l.detail),
+            })
+            .insert(Header {
+                key: headers::ORIGIN_TOPIC,
+                value: Some(self.origin_topic.as_str()),
+            })
+            .insert(Header {
+                key: headers::ORIGIN_PARTITION,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: headers::ORIGIN_OFFSET,
+                value: Some(offset.as_str()),
+            });
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(&self.topic, self.sent as usize).headers(hdrs);
         if let Some(k) = l.key {
@@ -248,9 +263,12 @@ impl DeadLetterSink for KafkaDeadLetters {
                     self.sent += 1;
                     return Ok(());
                 }
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     record = r;
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -275,7 +293,11 @@ impl DeadLetterSink for KafkaDeadLetters {
         self.check_failures()?;
         let acked = self.tracker.acknowledged_prefix();
         if acked < self.sent {
-            bail!("only {acked} of {} dead letters to {} acknowledged", self.sent, self.topic);
+            bail!(
+                "only {acked} of {} dead letters to {} acknowledged",
+                self.sent,
+                self.topic
+            );
         }
         Ok(())
     }
@@ -283,7 +305,11 @@ impl DeadLetterSink for KafkaDeadLetters {
 
 /// Read every dead letter currently on `topic` (the demo's report, tests, operators' checks):
 /// assigns all partitions from the beginning and reads until each is at its end.
-pub fn read_all(config: &ClientConfig, topic: &str, timeout: Duration) -> Result<Vec<OwnedDeadLetter>> {
+pub fn read_all(
+    config: &ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<OwnedDeadLetter>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     use rdkafka::{Offset, TopicPartitionList};
@@ -333,7 +359,8 @@ pub fn read_all(config: &ClientConfig, topic: &str, timeout: Duration) -> Result
                 };
                 if let Some(h) = m.headers() {
                     for header in h.iter() {
-                        let v = String::from_utf8_lossy(header.value.unwrap_or_default()).to_string();
+                        let v =
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).to_string();
                         match header.key {
                             headers::REASON => letter.reason = v,
                             headers::DETAIL => letter.detail = v,

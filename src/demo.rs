@@ -65,7 +65,9 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
         tz: crate::day::parse_time_zone(&config.ingest.time_zone)?,
         invalid_per_mille: 10,
         duplicate_per_mille: 5,
-        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
     };
     let h = history::generate(&spec)?;
     println!(
@@ -76,7 +78,12 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
         t.elapsed()
     );
     output::write_expectations(&h.expected, &opts.dir.join("expected.json"))?;
-    output::produce(&h.records, &config.kafka.client_config(), &config.kafka.topic, |_| {})?;
+    output::produce(
+        &h.records,
+        &config.kafka.client_config(),
+        &config.kafka.topic,
+        |_| {},
+    )?;
 
     let t = Instant::now();
     let metrics = Metrics::new();
@@ -101,14 +108,27 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     let store = Store::open(&config.store.path, &config.kafka.topic)?;
     let census = store.census()?;
     println!("\nstate store {} holds:", config.store.path.display());
-    println!("  {:<14} {:>8} {:>8} {:>8} {:>8} {:>8}", "type", "P", "I", "N", "E", "R");
+    println!(
+        "  {:<14} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "type", "P", "I", "N", "E", "R"
+    );
     let mut types: Vec<&String> = census.keys().map(|(t, _)| t).collect();
     types.dedup();
     for t in types {
-        let n = |s: &str| census.get(&(t.clone(), s.to_string())).copied().unwrap_or(0);
+        let n = |s: &str| {
+            census
+                .get(&(t.clone(), s.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
         println!(
             "  {:<14} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            t, n("P"), n("I"), n("N"), n("E"), n("R")
+            t,
+            n("P"),
+            n("I"),
+            n("N"),
+            n("E"),
+            n("R")
         );
     }
 
@@ -121,12 +141,19 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     for l in &letters {
         *by_reason.entry(l.reason.clone()).or_default() += 1;
     }
-    println!("\ndead-letter topic {} holds {} events:", config.kafka.dead_letter_topic(), letters.len());
+    println!(
+        "\ndead-letter topic {} holds {} events:",
+        config.kafka.dead_letter_topic(),
+        letters.len()
+    );
     for (reason, n) in &by_reason {
         println!("  {reason:<26} {n:>6}");
     }
     if let Some(l) = letters.first() {
-        println!("  e.g. partition {} offset {}: {}", l.partition, l.offset, l.detail);
+        println!(
+            "  e.g. partition {} offset {}: {}",
+            l.partition, l.offset, l.detail
+        );
     }
 
     // Check against the generator's independent expectations.

@@ -56,7 +56,11 @@ mod tests {
     #[test]
     fn parses_the_usual_spellings() {
         let id = Eui64([0x90, 0xb3, 0xd5, 0x1f, 0x30, 0, 0, 1]);
-        for s in ["90-B3-D5-1F-30-00-00-01", "90:b3:d5:1f:30:00:00:01", "90B3D51F30000001"] {
+        for s in [
+            "90-B3-D5-1F-30-00-00-01",
+            "90:b3:d5:1f:30:00:00:01",
+            "90B3D51F30000001",
+        ] {
             assert_eq!(s.parse::<Eui64>().unwrap(), id);
         }
         assert!("90-B3".parse::<Eui64>().is_err());

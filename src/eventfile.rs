@@ -59,14 +59,21 @@ impl EventFileReader<std::io::BufReader<std::fs::File>> {
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path)
             .with_context(|| format!("opening events file {}", path.display()))?;
-        Ok(EventFileReader::new(std::io::BufReader::with_capacity(1 << 20, file)))
+        Ok(EventFileReader::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            file,
+        )))
     }
 }
 
 impl<R: Read> EventFileReader<R> {
     /// Read records from `input`.
     pub fn new(input: R) -> Self {
-        EventFileReader { input, buf: Vec::new(), index: 0 }
+        EventFileReader {
+            input,
+            buf: Vec::new(),
+            index: 0,
+        }
     }
 
     /// The next record into `record` (reusing its buffers); `false` at a clean end of file.
@@ -77,7 +84,10 @@ impl<R: Read> EventFileReader<R> {
             let mut byte = [0u8; 1];
             match self.input.read(&mut byte)? {
                 0 if i == 0 => return Ok(false),
-                0 => anyhow::bail!("events file truncated in the length of record {}", self.index),
+                0 => anyhow::bail!(
+                    "events file truncated in the length of record {}",
+                    self.index
+                ),
                 _ => {}
             }
             len |= u64::from(byte[0] & 0x7f) << (7 * i);
@@ -146,7 +156,10 @@ mod tests {
         assert!(!reader.read_into(&mut rec).unwrap());
         std::fs::write(&path, [0x05, 0x01]).unwrap();
         assert!(read_all(&path).is_err());
-        assert!(EventFileReader::open(&path).unwrap().read_into(&mut rec).is_err());
+        assert!(EventFileReader::open(&path)
+            .unwrap()
+            .read_into(&mut rec)
+            .is_err());
     }
 
     #[test]

@@ -447,7 +447,8 @@ impl<S: DeadLetterSink> Ingestor<S> {
                 self.issuers.clear();
             }
             let h = issuer_hash(issuer_der);
-            self.issuers.insert(issuer_der.to_vec(), (h, hex::encode(h)));
+            self.issuers
+                .insert(issuer_der.to_vec(), (h, hex::encode(h)));
         }
         let (h, text) = &self.issuers[issuer_der];
         (*h, text.as_str())
@@ -597,7 +598,10 @@ impl<S: DeadLetterSink> Ingestor<S> {
         change: StatusChanged,
     ) -> Result<Result<bool, Rejection>> {
         let Some(id) = change.certificate else {
-            return Ok(reject(Reason::UnknownCertificate, "status change without a certificate id"));
+            return Ok(reject(
+                Reason::UnknownCertificate,
+                "status change without a certificate id",
+            ));
         };
         let serial = certificate::canonical_serial(&id.serial);
         if id.issuer_name_der.is_empty() || id.serial.is_empty() {
@@ -622,7 +626,10 @@ impl<S: DeadLetterSink> Ingestor<S> {
         let Some((mut record, generation)) = self.lookup(&key)? else {
             return Ok(reject(
                 Reason::UnknownCertificate,
-                format!("no certificate with serial {} is lodged", hex::encode_upper(&serial)),
+                format!(
+                    "no certificate with serial {} is lodged",
+                    hex::encode_upper(&serial)
+                ),
             ));
         };
         let verdict = if record.applied_event_ids.iter().any(|e| e == event_id) {
@@ -684,19 +691,30 @@ fn decode(rec: RecordRef<'_>) -> Result<CertificateEvent, Rejection> {
     }
     let event = match CertificateEvent::decode(value) {
         Ok(e) => e,
-        Err(e) => return reject(Reason::Undecodable, format!("not a smki.v1.CertificateEvent: {e}")),
+        Err(e) => {
+            return reject(
+                Reason::Undecodable,
+                format!("not a smki.v1.CertificateEvent: {e}"),
+            )
+        }
     };
     if event.event_id.is_empty() || event.event_id.len() > MAX_EVENT_ID_LEN {
         return reject(
             Reason::InvalidEventId,
-            format!("event_id must be 1..={MAX_EVENT_ID_LEN} bytes, got {}", event.event_id.len()),
+            format!(
+                "event_id must be 1..={MAX_EVENT_ID_LEN} bytes, got {}",
+                event.event_id.len()
+            ),
         );
     }
     if event.occurred_at.is_none() {
         return reject(Reason::MissingOccurredAt, "occurred_at is not set");
     }
     if event.body.is_none() {
-        return reject(Reason::MissingBody, "neither issued nor status_changed is set");
+        return reject(
+            Reason::MissingBody,
+            "neither issued nor status_changed is set",
+        );
     }
     Ok(event)
 }
@@ -709,7 +727,13 @@ fn new_record(
     event_id: &str,
     occurred_ms: i64,
 ) -> (CertificateRecord, Vec<u8>) {
-    let record = record_for(info, initial, issued.manufacturing_flag, event_id, occurred_ms);
+    let record = record_for(
+        info,
+        initial,
+        issued.manufacturing_flag,
+        event_id,
+        occurred_ms,
+    );
     (record, issued.certificate_der)
 }
 
@@ -770,7 +794,10 @@ mod tests {
     fn event(id: &str, body: Body) -> Vec<u8> {
         CertificateEvent {
             event_id: id.into(),
-            occurred_at: Some(prost_types::Timestamp { seconds: 1_790_000_000, nanos: 0 }),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_790_000_000,
+                nanos: 0,
+            }),
             source: String::new(),
             body: Some(body),
         }
@@ -819,13 +846,22 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let store = Arc::new(Store::open(dir.path(), "t").unwrap());
             let ing = Ingestor::new(store, sink, chrono_tz::Europe::London, Metrics::new());
-            Harness { ing, next: 0, _dir: dir }
+            Harness {
+                ing,
+                next: 0,
+                _dir: dir,
+            }
         }
         fn feed(&mut self, key: &[u8], value: &[u8]) -> Outcome {
             let o = self.next;
             self.next += 1;
             self.ing
-                .ingest(RecordRef { partition: 0, offset: o, key: Some(key), value: Some(value) })
+                .ingest(RecordRef {
+                    partition: 0,
+                    offset: o,
+                    key: Some(key),
+                    value: Some(value),
+                })
                 .unwrap()
         }
         fn stored(&self, der: &[u8]) -> Option<CertificateRecord> {
@@ -841,8 +877,14 @@ mod tests {
         let key = key_text(&der);
         let mut h = Harness::new(MemoryDeadLetters::default());
         assert_eq!(h.feed(&key, &lodge("e1", &der)), Outcome::Applied);
-        assert_eq!(h.feed(&key, &change("e2", &der, CertificateStatus::InUse)), Outcome::Applied);
-        assert_eq!(h.feed(&key, &change("e3", &der, CertificateStatus::NotInUse)), Outcome::Applied);
+        assert_eq!(
+            h.feed(&key, &change("e2", &der, CertificateStatus::InUse)),
+            Outcome::Applied
+        );
+        assert_eq!(
+            h.feed(&key, &change("e3", &der, CertificateStatus::NotInUse)),
+            Outcome::Applied
+        );
         assert!(h.stored(&der).is_none(), "written before commit");
         assert_eq!(h.ing.store.next_offset(0).unwrap(), None);
         let c = h.ing.commit().unwrap().unwrap();
@@ -868,11 +910,19 @@ mod tests {
         // The broker re-delivers offset 1 (e.g. after a rebalance): skipped by offset.
         let again = h
             .ing
-            .ingest(RecordRef { partition: 0, offset: 1, key: Some(&key), value: Some(&change("e2", &der, CertificateStatus::InUse)) })
+            .ingest(RecordRef {
+                partition: 0,
+                offset: 1,
+                key: Some(&key),
+                value: Some(&change("e2", &der, CertificateStatus::InUse)),
+            })
             .unwrap();
         assert_eq!(again, Outcome::AlreadyApplied);
         // A producer re-sends e2 as a new record: applied once, by event id.
-        assert_eq!(h.feed(&key, &change("e2", &der, CertificateStatus::InUse)), Outcome::Duplicate);
+        assert_eq!(
+            h.feed(&key, &change("e2", &der, CertificateStatus::InUse)),
+            Outcome::Duplicate
+        );
         assert_eq!(h.feed(&key, &lodge("e1", &der)), Outcome::Duplicate);
         h.ing.commit().unwrap();
         assert_eq!(h.stored(&der).unwrap().applied_events, 2);
@@ -887,11 +937,38 @@ mod tests {
         let cases: Vec<(Vec<u8>, Vec<u8>, Reason)> = vec![
             (key.clone(), b"\x0a\xff".to_vec(), Reason::Undecodable),
             (key.clone(), Vec::new(), Reason::Undecodable),
-            (key.clone(), change("s1", &der, CertificateStatus::InUse), Reason::UnknownCertificate),
-            (key.clone(), event("nb", Body::Issued(CertificateIssued { certificate_der: b"nope".to_vec(), initial_status: 1, manufacturing_flag: false })), Reason::CertificateUnparseable),
+            (
+                key.clone(),
+                change("s1", &der, CertificateStatus::InUse),
+                Reason::UnknownCertificate,
+            ),
+            (
+                key.clone(),
+                event(
+                    "nb",
+                    Body::Issued(CertificateIssued {
+                        certificate_der: b"nope".to_vec(),
+                        initial_status: 1,
+                        manufacturing_flag: false,
+                    }),
+                ),
+                Reason::CertificateUnparseable,
+            ),
             (b"wrong".to_vec(), lodge("k1", &der), Reason::KeyMismatch),
-            (key.clone(), CertificateEvent { body: None, ..CertificateEvent::decode(&lodge("mb", &der)[..]).unwrap() }.encode_to_vec(), Reason::MissingBody),
-            (key.clone(), lodge(&"x".repeat(MAX_EVENT_ID_LEN + 1), &der), Reason::InvalidEventId),
+            (
+                key.clone(),
+                CertificateEvent {
+                    body: None,
+                    ..CertificateEvent::decode(&lodge("mb", &der)[..]).unwrap()
+                }
+                .encode_to_vec(),
+                Reason::MissingBody,
+            ),
+            (
+                key.clone(),
+                lodge(&"x".repeat(MAX_EVENT_ID_LEN + 1), &der),
+                Reason::InvalidEventId,
+            ),
         ];
         for (k, v, reason) in &cases {
             match h.feed(k, v) {
@@ -959,9 +1036,15 @@ mod tests {
         h.feed(&key, &lodge("e1", &der));
         h.feed(&key, b"\xff\xff"); // dead letter #1
         h.ing.seal();
-        assert!(h.ing.write_ready(false).unwrap().is_empty(), "written before its dead letter was acknowledged");
+        assert!(
+            h.ing.write_ready(false).unwrap().is_empty(),
+            "written before its dead letter was acknowledged"
+        );
         // Ingest goes on and sees the sealed, unwritten state.
-        assert_eq!(h.feed(&key, &change("e2", &der, CertificateStatus::InUse)), Outcome::Applied);
+        assert_eq!(
+            h.feed(&key, &change("e2", &der, CertificateStatus::InUse)),
+            Outcome::Applied
+        );
         h.ing.seal();
         assert_eq!(h.ing.sealed_batches(), 2);
         assert_eq!(h.ing.store.next_offset(0).unwrap(), None);
@@ -979,7 +1062,10 @@ mod tests {
         h.ing.seal();
         assert!(h.ing.write_ready(false).unwrap().is_empty());
         assert_eq!(h.ing.commit().unwrap().unwrap().offsets, vec![(0, 5)]);
-        assert_eq!(h.stored(&der).unwrap().status, CertificateStatus::NotInUse as i32);
+        assert_eq!(
+            h.stored(&der).unwrap().status,
+            CertificateStatus::NotInUse as i32
+        );
     }
 
     #[test]
@@ -990,7 +1076,11 @@ mod tests {
         h.feed(&key, &lodge("e1", &der));
         h.feed(&key, b"\xff\xff");
         assert!(h.ing.commit().is_err());
-        assert_eq!(h.ing.store.next_offset(0).unwrap(), None, "offsets moved past an unsent dead letter");
+        assert_eq!(
+            h.ing.store.next_offset(0).unwrap(),
+            None,
+            "offsets moved past an unsent dead letter"
+        );
         assert!(h.stored(&der).is_none());
     }
 }

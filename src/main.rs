@@ -166,8 +166,11 @@ struct InspectArgs {
 /// Logs go to stderr; `SMKI_LOG` (tracing EnvFilter syntax) overrides `default_level`.
 fn init_logging(format: &str, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SMKI_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("SMKI_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -191,7 +194,8 @@ fn real_main(cli: Cli) -> Result<()> {
             init_logging(log_format.as_deref().unwrap_or(&config.log.format), "info");
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-                signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing signal handler")?;
             }
             consumer::run(
                 &config,
@@ -238,9 +242,11 @@ fn gen(args: GenArgs) -> Result<()> {
         tz,
         invalid_per_mille: args.invalid_per_mille,
         duplicate_per_mille: args.duplicate_per_mille,
-        threads: args
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        threads: args.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
     };
     let h = history::generate(&spec)?;
     let secs = t.elapsed().as_secs_f64();
@@ -260,11 +266,19 @@ fn gen(args: GenArgs) -> Result<()> {
     if args.produce {
         let t = Instant::now();
         let total = h.records.len();
-        output::produce(&h.records, &config.kafka.client_config(), &config.kafka.topic, |n| {
-            if n % 100_000 == 0 || n == total {
-                eprintln!("produced {n}/{total} ({:.0}/s)", n as f64 / t.elapsed().as_secs_f64());
-            }
-        })?;
+        output::produce(
+            &h.records,
+            &config.kafka.client_config(),
+            &config.kafka.topic,
+            |n| {
+                if n % 100_000 == 0 || n == total {
+                    eprintln!(
+                        "produced {n}/{total} ({:.0}/s)",
+                        n as f64 / t.elapsed().as_secs_f64()
+                    );
+                }
+            },
+        )?;
     }
     Ok(())
 }
@@ -297,6 +311,9 @@ fn inspect(args: InspectArgs) -> Result<()> {
         .into_iter()
         .map(|(p, o)| (p.to_string(), o.into()))
         .collect();
-    println!("{}", serde_json::json!({"census": census, "offsets": offsets}));
+    println!(
+        "{}",
+        serde_json::json!({"census": census, "offsets": offsets})
+    );
     Ok(())
 }

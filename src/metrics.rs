@@ -33,11 +33,19 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::with_opts(Opts::new(name, help)).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
-        let events_consumed = counter("smki_events_consumed_total", "Records read from the events topic.");
-        let events_applied = counter("smki_events_applied_total", "Events applied to the state store.");
+        let events_consumed = counter(
+            "smki_events_consumed_total",
+            "Records read from the events topic.",
+        );
+        let events_applied = counter(
+            "smki_events_applied_total",
+            "Events applied to the state store.",
+        );
         let events_duplicate = counter(
             "smki_events_duplicate_total",
             "Events whose event_id was already applied; applied once only.",
@@ -87,7 +95,11 @@ impl Metrics {
         self.events_dead_lettered
             .collect()
             .iter()
-            .flat_map(|mf| mf.get_metric().iter().map(|m| m.get_counter().get_value() as u64))
+            .flat_map(|mf| {
+                mf.get_metric()
+                    .iter()
+                    .map(|m| m.get_counter().get_value() as u64)
+            })
             .sum()
     }
 }

@@ -202,7 +202,12 @@ impl Store {
         let meta = self.cf(CF_META);
         match self.db.get_cf(meta, META_FORMAT)? {
             None => {
-                if self.db.iterator_cf(self.cf(CF_CERTS), IteratorMode::Start).next().is_some() {
+                if self
+                    .db
+                    .iterator_cf(self.cf(CF_CERTS), IteratorMode::Start)
+                    .next()
+                    .is_some()
+                {
                     bail!(
                         "state store {} holds certificates but no format version: not a store of this service",
                         self.path.display()
@@ -215,7 +220,10 @@ impl Store {
             }
             Some(v) => {
                 let version = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| {
-                    anyhow::anyhow!("state store {}: corrupt format version", self.path.display())
+                    anyhow::anyhow!(
+                        "state store {}: corrupt format version",
+                        self.path.display()
+                    )
                 })?);
                 if version != FORMAT_VERSION {
                     bail!(
@@ -238,7 +246,9 @@ impl Store {
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     /// Where the store lives.
@@ -250,9 +260,14 @@ impl Store {
     pub fn get_cert(&self, key: &CertKey) -> Result<Option<CertificateRecord>> {
         match self.db.get_pinned_cf(self.cf(CF_CERTS), key.as_bytes())? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(CertificateRecord::decode(bytes.as_ref()).with_context(
-                || format!("corrupt certificate record under key {}", hex::encode(key.as_bytes())),
-            )?)),
+            Some(bytes) => Ok(Some(
+                CertificateRecord::decode(bytes.as_ref()).with_context(|| {
+                    format!(
+                        "corrupt certificate record under key {}",
+                        hex::encode(key.as_bytes())
+                    )
+                })?,
+            )),
         }
     }
 
@@ -273,7 +288,10 @@ impl Store {
     /// Next offsets of every partition the store has seen.
     pub fn offsets(&self) -> Result<BTreeMap<i32, i64>> {
         let mut out = BTreeMap::new();
-        for item in self.db.iterator_cf(self.cf(CF_OFFSETS), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_OFFSETS), IteratorMode::Start)
+        {
             let (k, v) = item?;
             let p = u32::from_be_bytes(k.as_ref().try_into().context("corrupt offset key")?);
             out.insert(p as i32, decode_i64(&v)?);
@@ -349,7 +367,11 @@ impl Store {
         for item in self.certificates() {
             let (_, rec) = item?;
             let t = StoredType::try_from(rec.certificate_type)
-                .map(|t| t.as_str_name().trim_start_matches("CERTIFICATE_TYPE_").to_string())
+                .map(|t| {
+                    t.as_str_name()
+                        .trim_start_matches("CERTIFICATE_TYPE_")
+                        .to_string()
+                })
                 .unwrap_or_else(|_| "?".into());
             let s = CertificateStatus::try_from(rec.status)
                 .map(|s| s.code().to_string())
@@ -420,7 +442,10 @@ mod tests {
         assert_eq!(store.offsets().unwrap(), BTreeMap::from([(3, 42)]));
         let rec = store.get_cert(&key).unwrap().unwrap();
         assert_eq!(rec, record(CertificateStatus::InUse));
-        assert_eq!(store.get_body(&key).unwrap(), Some(vec![0x30, 0x03, 1, 2, 3]));
+        assert_eq!(
+            store.get_body(&key).unwrap(),
+            Some(vec![0x30, 0x03, 1, 2, 3])
+        );
         assert_eq!(store.changes_on(3, 739_001).unwrap(), vec![key.clone()]);
         assert!(store.changes_on(3, 739_002).unwrap().is_empty());
         assert!(store.changes_on(2, 739_001).unwrap().is_empty());

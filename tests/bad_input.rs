@@ -17,7 +17,9 @@ use smki_extract::mock::EmbeddedKafka;
 use smki_extract::store::{CertKey, Store};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     certificate::der_from_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -27,7 +29,15 @@ fn openssl_cert(curve: &str, key_usage: &str) -> Vec<u8> {
     let status = std::process::Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
         .arg(format!("ec_paramgen_curve:{curve}"))
-        .args(["-nodes", "-subj", "/OU=02/CN=bad", "-days", "1", "-outform", "DER"])
+        .args([
+            "-nodes",
+            "-subj",
+            "/OU=02/CN=bad",
+            "-days",
+            "1",
+            "-outform",
+            "DER",
+        ])
         .arg("-keyout")
         .arg(dir.path().join("k.pem"))
         .arg("-out")
@@ -41,7 +51,10 @@ fn openssl_cert(curve: &str, key_usage: &str) -> Vec<u8> {
 }
 
 fn ts(secs: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds: secs, nanos: 0 })
+    Some(prost_types::Timestamp {
+        seconds: secs,
+        nanos: 0,
+    })
 }
 
 fn issued(id: &str, der: &[u8], status: CertificateStatus) -> CertificateEvent {
@@ -79,7 +92,10 @@ fn changed(id: &str, der: &[u8], status: CertificateStatus) -> CertificateEvent 
 fn key_of(der: &[u8]) -> String {
     use x509_parser::prelude::FromDer;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
-    record_key(cert.issuer().as_raw(), &certificate::canonical_serial(cert.raw_serial()))
+    record_key(
+        cert.issuer().as_raw(),
+        &certificate::canonical_serial(cert.raw_serial()),
+    )
 }
 
 #[test]
@@ -94,7 +110,10 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
                 .join("tests/fixtures/bad-input/public-key-not-a-certificate.pem"),
         )
         .unwrap();
-        x509_parser::pem::parse_x509_pem(text.as_bytes()).unwrap().1.contents
+        x509_parser::pem::parse_x509_pem(text.as_bytes())
+            .unwrap()
+            .1
+            .contents
     };
     let p384 = openssl_cert("secp384r1", "digitalSignature");
     let both_usages = openssl_cert("prime256v1", "digitalSignature,keyAgreement");
@@ -116,24 +135,88 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
     let _ = ghost_key;
     let cases: Vec<(String, Vec<u8>, Option<&str>)> = vec![
         (ka.clone(), issued("a1", &a, Pending).encode_to_vec(), None),
-        (ka.clone(), b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01garbage".to_vec(), Some("undecodable")),
+        (
+            ka.clone(),
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01garbage".to_vec(),
+            Some("undecodable"),
+        ),
         (ko.clone(), issued("o1", &org, InUse).encode_to_vec(), None),
-        (ka.clone(), issued("x1", &public_key_der, Pending).encode_to_vec(), Some("certificate_unparseable")),
-        (key_of(&p384), issued("x2", &p384, Pending).encode_to_vec(), Some("certificate_profile")),
-        (key_of(&both_usages), issued("x3", &both_usages, Pending).encode_to_vec(), Some("certificate_profile")),
-        (ghost_key_real, ghost.encode_to_vec(), Some("unknown_certificate")),
+        (
+            ka.clone(),
+            issued("x1", &public_key_der, Pending).encode_to_vec(),
+            Some("certificate_unparseable"),
+        ),
+        (
+            key_of(&p384),
+            issued("x2", &p384, Pending).encode_to_vec(),
+            Some("certificate_profile"),
+        ),
+        (
+            key_of(&both_usages),
+            issued("x3", &both_usages, Pending).encode_to_vec(),
+            Some("certificate_profile"),
+        ),
+        (
+            ghost_key_real,
+            ghost.encode_to_vec(),
+            Some("unknown_certificate"),
+        ),
         (ka.clone(), changed("a2", &a, InUse).encode_to_vec(), None),
         (ka.clone(), changed("a2", &a, InUse).encode_to_vec(), None), // duplicate event id
-        (ka.clone(), issued("x4", &a_other, Pending).encode_to_vec(), Some("conflicting_certificate")),
-        (ka.clone(), issued("x5", &a, Pending).encode_to_vec(), Some("already_lodged")),
+        (
+            ka.clone(),
+            issued("x4", &a_other, Pending).encode_to_vec(),
+            Some("conflicting_certificate"),
+        ),
+        (
+            ka.clone(),
+            issued("x5", &a, Pending).encode_to_vec(),
+            Some("already_lodged"),
+        ),
         (kb.clone(), issued("b1", &b, Pending).encode_to_vec(), None),
-        (kb.clone(), changed("x6", &b, NotInUse).encode_to_vec(), Some("invalid_transition")),
-        (ka.clone(), changed("x7", &b, Revoked).encode_to_vec(), Some("key_mismatch")),
-        (ko.clone(), changed("o2", &org, Revoked).encode_to_vec(), None),
-        (ko.clone(), changed("x8", &org, InUse).encode_to_vec(), Some("transition_from_final")),
-        (kb.clone(), issued("x9", &b, Unspecified).encode_to_vec(), Some("invalid_status")),
-        (kb.clone(), CertificateEvent { event_id: String::new(), ..issued("", &b, Pending) }.encode_to_vec(), Some("invalid_event_id")),
-        (kb.clone(), CertificateEvent { occurred_at: None, ..issued("x10", &b, Pending) }.encode_to_vec(), Some("missing_occurred_at")),
+        (
+            kb.clone(),
+            changed("x6", &b, NotInUse).encode_to_vec(),
+            Some("invalid_transition"),
+        ),
+        (
+            ka.clone(),
+            changed("x7", &b, Revoked).encode_to_vec(),
+            Some("key_mismatch"),
+        ),
+        (
+            ko.clone(),
+            changed("o2", &org, Revoked).encode_to_vec(),
+            None,
+        ),
+        (
+            ko.clone(),
+            changed("x8", &org, InUse).encode_to_vec(),
+            Some("transition_from_final"),
+        ),
+        (
+            kb.clone(),
+            issued("x9", &b, Unspecified).encode_to_vec(),
+            Some("invalid_status"),
+        ),
+        (
+            kb.clone(),
+            CertificateEvent {
+                event_id: String::new(),
+                ..issued("", &b, Pending)
+            }
+            .encode_to_vec(),
+            Some("invalid_event_id"),
+        ),
+        (
+            kb.clone(),
+            CertificateEvent {
+                occurred_at: None,
+                ..issued("x10", &b, Pending)
+            }
+            .encode_to_vec(),
+            Some("missing_occurred_at"),
+        ),
         (kb.clone(), changed("b2", &b, InUse).encode_to_vec(), None),
     ];
 
@@ -150,7 +233,12 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
     let producer: BaseProducer = config.kafka.client_config().create().unwrap();
     for (key, value, _) in &cases {
         producer
-            .send(BaseRecord::<str, [u8]>::to("certs").key(key.as_str()).payload(&value[..]).partition(0))
+            .send(
+                BaseRecord::<str, [u8]>::to("certs")
+                    .key(key.as_str())
+                    .payload(&value[..])
+                    .partition(0),
+            )
             .unwrap();
     }
     producer.flush(Duration::from_secs(10)).unwrap();
@@ -159,7 +247,10 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
     let summary = consumer::run(
         &config,
         Arc::new(AtomicBool::new(false)),
-        RunOptions { stop_at_end: true, end_grace: Duration::from_millis(300) },
+        RunOptions {
+            stop_at_end: true,
+            end_grace: Duration::from_millis(300),
+        },
         metrics.clone(),
     )
     .unwrap();
@@ -175,14 +266,22 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
         Duration::from_secs(20),
     )
     .unwrap();
-    let got: Vec<(String, i64)> = letters.iter().map(|l| (l.reason.clone(), l.offset)).collect();
+    let got: Vec<(String, i64)> = letters
+        .iter()
+        .map(|l| (l.reason.clone(), l.offset))
+        .collect();
     assert_eq!(got, want, "dead letters (reason, origin offset)");
-    assert!(letters.iter().all(|l| l.partition == 0 && !l.detail.is_empty()));
+    assert!(letters
+        .iter()
+        .all(|l| l.partition == 0 && !l.detail.is_empty()));
     assert_eq!(summary.dead_lettered as usize, want.len());
     assert_eq!(summary.duplicates, 1);
     assert_eq!(summary.applied, 6);
     assert_eq!(
-        metrics.events_dead_lettered.with_label_values(&["certificate_profile"]).get(),
+        metrics
+            .events_dead_lettered
+            .with_label_values(&["certificate_profile"])
+            .get(),
         2
     );
 
@@ -191,7 +290,10 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
         let info = certificate::parse(der).unwrap();
         let key = CertKey::new(0, &issuer_hash(&info.issuer_name_der), &info.serial);
         let rec = store.get_cert(&key).unwrap().expect("stored");
-        (CertificateStatus::try_from(rec.status).unwrap(), rec.applied_events)
+        (
+            CertificateStatus::try_from(rec.status).unwrap(),
+            rec.applied_events,
+        )
     };
     assert_eq!(status_of(&a), (InUse, 2));
     assert_eq!(status_of(&b), (InUse, 2));

@@ -10,9 +10,9 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use smki_extract::config::Config;
-use smki_extract::eventfile::partition_for_key;
 use smki_extract::consumer::{self, RunOptions};
 use smki_extract::contract::{record_key, CertificateStatus};
+use smki_extract::eventfile::partition_for_key;
 use smki_extract::gen::{history, output};
 use smki_extract::metrics::Metrics;
 use smki_extract::mock::EmbeddedKafka;
@@ -27,7 +27,10 @@ fn mock_config(kafka: &EmbeddedKafka, dir: &std::path::Path, group: &str) -> Con
     config.kafka.group_id = group.into();
     config.store.path = dir.join("store");
     // The mock cluster keeps a departed member until its session times out.
-    config.kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+    config
+        .kafka
+        .properties
+        .insert("session.timeout.ms".into(), "6000".into());
     config
 }
 
@@ -35,7 +38,10 @@ fn run(config: &Config) -> consumer::RunSummary {
     consumer::run(
         config,
         Arc::new(AtomicBool::new(false)),
-        RunOptions { stop_at_end: true, end_grace: Duration::from_millis(300) },
+        RunOptions {
+            stop_at_end: true,
+            end_grace: Duration::from_millis(300),
+        },
         Metrics::new(),
     )
     .unwrap()
@@ -43,7 +49,10 @@ fn run(config: &Config) -> consumer::RunSummary {
 
 #[test]
 fn generated_history_lands_exactly_and_a_restart_applies_nothing_twice() {
-    let _ = tracing_subscriber::fmt().with_env_filter("info,librdkafka=warn,rdkafka=warn").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,librdkafka=warn,rdkafka=warn")
+        .with_test_writer()
+        .try_init();
     let spec = history::Spec {
         seed: 9,
         devices: 1500,
@@ -79,7 +88,11 @@ fn generated_history_lands_exactly_and_a_restart_applies_nothing_twice() {
         let key = record_key(&rec.issuer_name_der, &rec.serial);
         let want = &h.expected.certificates[&key];
         let status = CertificateStatus::try_from(rec.status).unwrap().code();
-        assert_eq!((status, rec.applied_events), (want.status.as_str(), want.events), "{key}");
+        assert_eq!(
+            (status, rec.applied_events),
+            (want.status.as_str(), want.events),
+            "{key}"
+        );
         seen += 1;
     }
     assert_eq!(seen, h.expected.certificates.len());
@@ -93,7 +106,12 @@ fn produce_to(config: &Config, records: &[history::GenRecord], partitions: &[i32
     for r in records {
         let p = partitions[partition_for_key(&r.key, partitions.len() as u32) as usize];
         loop {
-            match producer.send(BaseRecord::<[u8], [u8]>::to("certs").key(&r.key[..]).payload(&r.value[..]).partition(p)) {
+            match producer.send(
+                BaseRecord::<[u8], [u8]>::to("certs")
+                    .key(&r.key[..])
+                    .payload(&r.value[..])
+                    .partition(p),
+            ) {
                 Ok(()) => break,
                 Err(_) => {
                     producer.poll(Duration::from_millis(10));
@@ -120,7 +138,10 @@ fn partitions_unknown_to_the_store_start_at_their_beginning() {
         duplicate_per_mille: 0,
         threads: 2,
     };
-    let (a, b) = (history::generate(&spec(1)).unwrap(), history::generate(&spec(2)).unwrap());
+    let (a, b) = (
+        history::generate(&spec(1)).unwrap(),
+        history::generate(&spec(2)).unwrap(),
+    );
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic("certs", 4).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -128,11 +149,18 @@ fn partitions_unknown_to_the_store_start_at_their_beginning() {
 
     produce_to(&config, &a.records, &[0, 1]);
     assert_eq!(run(&config).applied, a.expected.applied);
-    let known = Store::open(&config.store.path, "certs").unwrap().offsets().unwrap();
+    let known = Store::open(&config.store.path, "certs")
+        .unwrap()
+        .offsets()
+        .unwrap();
     assert_eq!(known.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
 
     produce_to(&config, &b.records, &[2, 3]);
-    assert_eq!(run(&config).applied, b.expected.applied, "records of the new partitions were missed");
+    assert_eq!(
+        run(&config).applied,
+        b.expected.applied,
+        "records of the new partitions were missed"
+    );
     let store = Store::open(&config.store.path, "certs").unwrap();
     let offsets = store.offsets().unwrap();
     assert_eq!(offsets.len(), 4);

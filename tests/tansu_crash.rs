@@ -28,12 +28,22 @@ fn sigkill_at_random_instants_loses_nothing_and_applies_nothing_twice() {
     // A fresh consumer group per restart: the service never trusts Kafka's committed offsets,
     // so this changes nothing for correctness, and it spares each restart from waiting for
     // the broker to expire the killed member (which tansu sometimes never does).
-    let args_for = |run: usize| run_args(&tansu.bootstrap, "certs", &format!("crash-test-{run}"), &store);
+    let args_for = |run: usize| {
+        run_args(
+            &tansu.bootstrap,
+            "certs",
+            &format!("crash-test-{run}"),
+            &store,
+        )
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
     let mut kills = 0;
     let mut progress = Vec::new();
     let commits = |log: &std::path::Path| {
-        std::fs::read_to_string(log).unwrap_or_default().matches("batch committed").count()
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("batch committed")
+            .count()
     };
     while kills < 22 {
         let before = commits(&log);
@@ -65,7 +75,10 @@ fn sigkill_at_random_instants_loses_nothing_and_applies_nothing_twice() {
         .windows(2)
         .filter(|w| w[1] > w[0] && (w[1] as u64) < total)
         .count();
-    assert!(mid >= 15, "only {mid} kills landed mid-stream: {progress:?}");
+    assert!(
+        mid >= 15,
+        "only {mid} kills landed mid-stream: {progress:?}"
+    );
 
     let mut final_args = args_for(kills);
     final_args.push("--stop-at-end".into());
@@ -73,9 +86,17 @@ fn sigkill_at_random_instants_loses_nothing_and_applies_nothing_twice() {
 
     let (got, summary) = inspect(&store, "certs");
     assert_same_certs(&got, &expected_certs(&expected));
-    let consumed: i64 = summary["offsets"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum();
+    let consumed: i64 = summary["offsets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
     assert_eq!(consumed as u64, total, "offsets cover every record");
     let letters = dead_letters(&tansu.bootstrap, "certs.dlq");
-    assert_eq!(dead_letter_counts(&letters), expected_dead_letters(&expected));
+    assert_eq!(
+        dead_letter_counts(&letters),
+        expected_dead_letters(&expected)
+    );
     eprintln!("{kills} kills; store offsets after each: {progress:?}");
 }

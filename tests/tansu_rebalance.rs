@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn lag(bootstrap: &str) -> i64 {
-    kafka_tool_output(&["lag", bootstrap, "rebalance-test", "certs"]).trim().parse().unwrap()
+    kafka_tool_output(&["lag", bootstrap, "rebalance-test", "certs"])
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -23,41 +26,76 @@ fn late_join_and_mid_stream_leave_keep_every_store_exact() {
     let tansu = Tansu::start();
     tansu.create_topics(&["certs:6", "certs.dlq:1"]);
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_tool.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_tool.py");
     let mut producer = Command::new(python())
         .arg(&script)
-        .args(["produce", &tansu.bootstrap, "certs", events.to_str().unwrap()])
+        .args([
+            "produce",
+            &tansu.bootstrap,
+            "certs",
+            events.to_str().unwrap(),
+        ])
         .spawn()
         .unwrap();
 
     let (store_a, store_b) = (dir.path().join("a"), dir.path().join("b"));
     let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
-    let mut a = spawn(&run_args(&tansu.bootstrap, "certs", "rebalance-test", &store_a), &log_a);
+    let mut a = spawn(
+        &run_args(&tansu.bootstrap, "certs", "rebalance-test", &store_a),
+        &log_a,
+    );
     std::thread::sleep(Duration::from_secs(6));
-    let mut b = spawn(&run_args(&tansu.bootstrap, "certs", "rebalance-test", &store_b), &log_b);
+    let mut b = spawn(
+        &run_args(&tansu.bootstrap, "certs", "rebalance-test", &store_b),
+        &log_b,
+    );
     std::thread::sleep(Duration::from_secs(8));
     unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
     let status = a.wait().unwrap();
-    assert!(status.success(), "A did not stop cleanly:\n{}", tail(&log_a));
+    assert!(
+        status.success(),
+        "A did not stop cleanly:\n{}",
+        tail(&log_a)
+    );
     assert!(producer.wait().unwrap().success(), "producer failed");
 
     let deadline = Instant::now() + Duration::from_secs(240);
     while lag(&tansu.bootstrap) > 0 {
-        assert!(Instant::now() < deadline, "B did not catch up:\n{}", tail(&log_b));
+        assert!(
+            Instant::now() < deadline,
+            "B did not catch up:\n{}",
+            tail(&log_b)
+        );
         assert!(b.try_wait().unwrap().is_none(), "B died:\n{}", tail(&log_b));
         std::thread::sleep(Duration::from_millis(500));
     }
     unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
-    assert!(b.wait().unwrap().success(), "B did not stop cleanly:\n{}", tail(&log_b));
+    assert!(
+        b.wait().unwrap().success(),
+        "B did not stop cleanly:\n{}",
+        tail(&log_b)
+    );
 
     // A had all 6 partitions, then a share when B joined; B had a share, then all 6 when A
     // left: each logged more than 6 assignments, or the rebalances did not happen.
     let assignments = |log: &std::path::Path| {
-        std::fs::read_to_string(log).unwrap().matches("assigned; starting").count()
+        std::fs::read_to_string(log)
+            .unwrap()
+            .matches("assigned; starting")
+            .count()
     };
     let (a_assigned, b_assigned) = (assignments(&log_a), assignments(&log_b));
-    assert!(a_assigned > 6, "A was assigned {a_assigned} partitions in all:\n{}", tail(&log_a));
-    assert!(b_assigned > 6, "B was assigned {b_assigned} partitions in all:\n{}", tail(&log_b));
+    assert!(
+        a_assigned > 6,
+        "A was assigned {a_assigned} partitions in all:\n{}",
+        tail(&log_a)
+    );
+    assert!(
+        b_assigned > 6,
+        "B was assigned {b_assigned} partitions in all:\n{}",
+        tail(&log_b)
+    );
 
     let (got_b, _) = inspect(&store_b, "certs");
     assert_same_certs(&got_b, &want);
@@ -66,10 +104,16 @@ fn late_join_and_mid_stream_leave_keep_every_store_exact() {
     assert!(!got_a.is_empty(), "A consumed nothing before leaving");
     for (key, (_, events)) in &got_a {
         let (_, want_events) = &want[key];
-        assert!(events <= want_events, "{key}: A applied {events} events of {want_events}");
+        assert!(
+            events <= want_events,
+            "{key}: A applied {events} events of {want_events}"
+        );
     }
     let letters = dead_letters(&tansu.bootstrap, "certs.dlq");
     // A and B may both have dead-lettered the same record (B rebuilt A's partitions);
     // counted once per origin, the reasons are exactly the generator's.
-    assert_eq!(dead_letter_counts(&letters), expected_dead_letters(&expected));
+    assert_eq!(
+        dead_letter_counts(&letters),
+        expected_dead_letters(&expected)
+    );
 }

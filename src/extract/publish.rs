@@ -201,7 +201,9 @@ impl Publisher {
             .map(|f| f.day)
             .collect();
         fulls.sort_unstable_by(|a, b| b.cmp(a));
-        let oldest_full_kept = fulls.get(self.retention.fulls_kept.saturating_sub(1)).copied();
+        let oldest_full_kept = fulls
+            .get(self.retention.fulls_kept.saturating_sub(1))
+            .copied();
         let retention = self.retention;
         let mut removed = Vec::new();
         self.manifest.files.retain(|f| {
@@ -300,7 +302,12 @@ mod tests {
         BTreeMap::from([(0, 10), (1, 20)])
     }
 
-    fn publish_bytes(p: &mut Publisher, kind: ExtractKind, d: u32, bytes: &[u8]) -> Result<ManifestEntry> {
+    fn publish_bytes(
+        p: &mut Publisher,
+        kind: ExtractKind,
+        d: u32,
+        bytes: &[u8],
+    ) -> Result<ManifestEntry> {
         p.publish(kind, day(d), 3, offsets(), |w| Ok(w.write_all(bytes)?))
     }
 
@@ -340,7 +347,12 @@ mod tests {
         assert_eq!(manifest.files, vec![e.clone()]);
         assert_eq!(manifest.files[0].offsets, offsets());
         // Reopening reads the same manifest.
-        assert_eq!(Publisher::open(dir.path(), Retention::default()).unwrap().manifest(), &manifest);
+        assert_eq!(
+            Publisher::open(dir.path(), Retention::default())
+                .unwrap()
+                .manifest(),
+            &manifest
+        );
     }
 
     #[test]
@@ -348,8 +360,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Publisher::open(dir.path(), Retention::default()).unwrap();
         let first = publish_bytes(&mut p, ExtractKind::Delta, 2, b"abc").unwrap();
-        assert_eq!(publish_bytes(&mut p, ExtractKind::Delta, 2, b"abc").unwrap(), first);
-        let err = format!("{:#}", publish_bytes(&mut p, ExtractKind::Delta, 2, b"abd").unwrap_err());
+        assert_eq!(
+            publish_bytes(&mut p, ExtractKind::Delta, 2, b"abc").unwrap(),
+            first
+        );
+        let err = format!(
+            "{:#}",
+            publish_bytes(&mut p, ExtractKind::Delta, 2, b"abd").unwrap_err()
+        );
         assert!(err.contains(&first.sha256), "{err}");
         assert!(err.contains(&hex::encode(Sha256::digest(b"abd"))), "{err}");
         assert_eq!(fs::read(dir.path().join(&first.name)).unwrap(), b"abc");
@@ -370,7 +388,12 @@ mod tests {
         assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
         assert!(p.manifest().files.is_empty());
         // A crash mid-write leaves a temporary file: never listed, removed at the next open.
-        fs::write(dir.path().join(format!("{TEMP_PREFIX}SMKIKR_FULL_2026-11-03.xml.gz")), b"x").unwrap();
+        fs::write(
+            dir.path()
+                .join(format!("{TEMP_PREFIX}SMKIKR_FULL_2026-11-03.xml.gz")),
+            b"x",
+        )
+        .unwrap();
         let p = Publisher::open(dir.path(), Retention::default()).unwrap();
         assert!(names(dir.path()).is_empty());
         assert!(p.manifest().files.is_empty());
@@ -381,9 +404,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Publisher::open(dir.path(), Retention::default()).unwrap();
         for d in 1..=15 {
-            publish_bytes(&mut p, ExtractKind::Delta, d, format!("delta {d}").as_bytes()).unwrap();
+            publish_bytes(
+                &mut p,
+                ExtractKind::Delta,
+                d,
+                format!("delta {d}").as_bytes(),
+            )
+            .unwrap();
             if d % 7 == 1 {
-                publish_bytes(&mut p, ExtractKind::Full, d, format!("full {d}").as_bytes()).unwrap();
+                publish_bytes(&mut p, ExtractKind::Full, d, format!("full {d}").as_bytes())
+                    .unwrap();
             }
         }
         let listed: Vec<String> = p.manifest().files.iter().map(|f| f.name.clone()).collect();
@@ -412,10 +442,14 @@ mod tests {
         use crate::extract::xml::ExtractWriter;
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gbcs-test-certs");
         let mut records = Vec::new();
-        let mut paths: Vec<PathBuf> = fs::read_dir(&fixtures).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut paths: Vec<PathBuf> = fs::read_dir(&fixtures)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         paths.sort();
         for path in paths {
-            let der = crate::certificate::der_from_pem(&fs::read_to_string(&path).unwrap()).unwrap();
+            let der =
+                crate::certificate::der_from_pem(&fs::read_to_string(&path).unwrap()).unwrap();
             let info = crate::certificate::parse(&der).unwrap();
             let mut rec = crate::ingest::record_for(
                 &info,
@@ -429,17 +463,28 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let mut p = Publisher::open(dir.path(), Retention::default()).unwrap();
-        let opts = GzOptions { chunk_size: 64 << 10, level: 6, threads: 2 };
+        let opts = GzOptions {
+            chunk_size: 64 << 10,
+            level: 6,
+            threads: 2,
+        };
         let entry = p
-            .publish(ExtractKind::Full, day(8), records.len() as u64, offsets(), |out| {
-                let gz = ParallelGzWriter::new(out, opts)?;
-                let mut xml = ExtractWriter::new(gz, ExtractKind::Full, day(8), records.len() as u64)?;
-                for r in &records {
-                    xml.write_record(r)?;
-                }
-                xml.finish()?.finish()?;
-                Ok(())
-            })
+            .publish(
+                ExtractKind::Full,
+                day(8),
+                records.len() as u64,
+                offsets(),
+                |out| {
+                    let gz = ParallelGzWriter::new(out, opts)?;
+                    let mut xml =
+                        ExtractWriter::new(gz, ExtractKind::Full, day(8), records.len() as u64)?;
+                    for r in &records {
+                        xml.write_record(r)?;
+                    }
+                    xml.finish()?.finish()?;
+                    Ok(())
+                },
+            )
             .unwrap();
         assert_eq!(entry.records, 419);
         let file = dir.path().join(&entry.name);
@@ -450,7 +495,11 @@ mod tests {
                 .current_dir(dir.path())
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         ok(&format!("gzip -t {}", entry.name));
         ok(&format!("sha256sum -c --status {}.sha256", entry.name));

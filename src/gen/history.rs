@@ -197,7 +197,11 @@ impl Builder {
         debug_assert!(c.status.may_become(status));
         c.status = status;
         c.events += 1;
-        let event = Self::envelope(id, ms, Body::StatusChanged(status_change(c, status, reason)));
+        let event = Self::envelope(
+            id,
+            ms,
+            Body::StatusChanged(status_change(c, status, reason)),
+        );
         let key = c.key.clone();
         self.expected.applied += 1;
         self.emit(ms, &key, &event);
@@ -213,7 +217,11 @@ impl Builder {
     }
 
     fn bad(&mut self, reason: &str, emit_ms: i64, key: &str, value: Vec<u8>) {
-        *self.expected.dead_letters.entry(reason.to_string()).or_default() += 1;
+        *self
+            .expected
+            .dead_letters
+            .entry(reason.to_string())
+            .or_default() += 1;
         self.records.push(GenRecord {
             emit_ms,
             key: key.as_bytes().to_vec(),
@@ -270,7 +278,9 @@ pub fn generate(spec: &Spec) -> Result<History> {
     let span_ms = i64::from(spec.days.max(1)) * DAY_MS;
     let hierarchy = Hierarchy::generate(spec.seed)?;
 
-    let mut parts = vec![authorities_and_organisations(spec, &hierarchy, start_ms, span_ms)?];
+    let mut parts = vec![authorities_and_organisations(
+        spec, &hierarchy, start_ms, span_ms,
+    )?];
     let threads = spec.threads.max(1);
     let chunk = 2_000usize;
     let chunks: Vec<(usize, usize)> = (0..spec.devices)
@@ -284,15 +294,19 @@ pub fn generate(spec: &Spec) -> Result<History> {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(&(from, to)) = chunks.get(i) else { break };
+                let Some(&(from, to)) = chunks.get(i) else {
+                    break;
+                };
                 let r = devices(spec, &hierarchy.issuing_dca, from, to, start_ms, span_ms);
                 *slots[i].lock().expect("not poisoned") = Some(r);
             });
         }
     });
-    let results = slots
-        .into_iter()
-        .map(|s| s.into_inner().expect("not poisoned").expect("every chunk ran"));
+    let results = slots.into_iter().map(|s| {
+        s.into_inner()
+            .expect("not poisoned")
+            .expect("every chunk ran")
+    });
     for r in results {
         parts.push(r?);
     }
@@ -380,13 +394,21 @@ fn devices(
         let made = start_ms + b.rng.gen_range(0..span_ms);
         let nb = time::OffsetDateTime::from_unix_timestamp(made / 1000)?;
         let mut pair = [0usize; 2];
-        for (slot, usage) in [Usage::DigitalSignature, Usage::KeyAgreement].into_iter().enumerate() {
+        for (slot, usage) in [Usage::DigitalSignature, Usage::KeyAgreement]
+            .into_iter()
+            .enumerate()
+        {
             let s = serial(&mut b.rng);
             let key_seed = b.rng.gen();
             let der = pki::issue_device(dca, device_id, usage, s, nb, key_seed)?;
             b.certs.push(Cert::new(der)?);
             pair[slot] = b.certs.len() - 1;
-            b.lodge(pair[slot], CertificateStatus::Pending, true, made + slot as i64);
+            b.lodge(
+                pair[slot],
+                CertificateStatus::Pending,
+                true,
+                made + slot as i64,
+            );
         }
         // Lifecycle: most devices are commissioned within days of manufacture.
         let end = start_ms + span_ms;
@@ -414,11 +436,16 @@ fn devices(
             b.change(which, CertificateStatus::Revoked, "key compromise", when);
         }
 
-        invalid_budget += spec.invalid_per_mille * (b.certs[pair[0]].events + b.certs[pair[1]].events);
+        invalid_budget +=
+            spec.invalid_per_mille * (b.certs[pair[0]].events + b.certs[pair[1]].events);
         while invalid_budget >= 1000 {
             invalid_budget -= 1000;
             let at = made + b.rng.gen_range(0..span_ms);
-            let last = b.records[first_record..].iter().map(|r| r.emit_ms).max().unwrap_or(at);
+            let last = b.records[first_record..]
+                .iter()
+                .map(|r| r.emit_ms)
+                .max()
+                .unwrap_or(at);
             bad_event(&mut b, bad_kind, pair, at.max(last) + 1)?;
             bad_kind += 1;
         }
@@ -438,7 +465,9 @@ fn bad_event(b: &mut Builder, kind: usize, pair: [usize; 2], at: i64) -> Result<
         0 => {
             let garbage: Vec<u8> = (0..b.rng.gen_range(1..64)).map(|_| b.rng.gen()).collect();
             // Guarantee it is not accidentally a valid (empty-ish) protobuf message.
-            let mut v = vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+            let mut v = vec![
+                0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ];
             v.extend(garbage);
             b.bad("undecodable", emit, &key, v);
         }
@@ -497,9 +526,21 @@ fn bad_event(b: &mut Builder, kind: usize, pair: [usize; 2], at: i64) -> Result<
             // A transition the lifecycle does not allow (to the status it already has).
             let id = b.event_id();
             let c = &b.certs[pair[1]];
-            let status = if c.status.is_final() { CertificateStatus::InUse } else { c.status };
-            let reason = if c.status.is_final() { "transition_from_final" } else { "invalid_transition" };
-            let ev = Builder::envelope(id, emit, Body::StatusChanged(status_change(c, status, "again")));
+            let status = if c.status.is_final() {
+                CertificateStatus::InUse
+            } else {
+                c.status
+            };
+            let reason = if c.status.is_final() {
+                "transition_from_final"
+            } else {
+                "invalid_transition"
+            };
+            let ev = Builder::envelope(
+                id,
+                emit,
+                Body::StatusChanged(status_change(c, status, "again")),
+            );
             let k = c.key.clone();
             b.bad(reason, emit, &k, ev.encode_to_vec());
         }
@@ -508,7 +549,11 @@ fn bad_event(b: &mut Builder, kind: usize, pair: [usize; 2], at: i64) -> Result<
             let other_key = b.certs[pair[1]].key.clone();
             let id = b.event_id();
             let c = &b.certs[pair[0]];
-            let ev = Builder::envelope(id, emit, Body::StatusChanged(status_change(c, CertificateStatus::Revoked, "x")));
+            let ev = Builder::envelope(
+                id,
+                emit,
+                Body::StatusChanged(status_change(c, CertificateStatus::Revoked, "x")),
+            );
             b.bad("key_mismatch", emit, &other_key, ev.encode_to_vec());
         }
         _ => {

@@ -24,8 +24,7 @@ pub fn write_file(records: &[GenRecord], path: &Path) -> Result<()> {
 /// Write the expectations as pretty JSON.
 pub fn write_expectations(expected: &Expectations, path: &Path) -> Result<()> {
     let text = serde_json::to_string_pretty(expected)?;
-    std::fs::write(path, text)
-        .with_context(|| format!("writing expectations {}", path.display()))
+    std::fs::write(path, text).with_context(|| format!("writing expectations {}", path.display()))
 }
 
 /// Produce records to `topic`, in order, keyed by certificate id, and wait until every one is
@@ -53,9 +52,12 @@ pub fn produce(
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), back)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
                     rec = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }

@@ -15,7 +15,9 @@ pub fn bin() -> PathBuf {
 fn cache() -> PathBuf {
     std::env::var_os("SMKI_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/smki-extract"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/smki-extract")
+        })
 }
 
 /// Path of a tool installed by `scripts/setup`, or a panic that says how to get it.
@@ -36,7 +38,11 @@ pub fn python() -> PathBuf {
 
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A tansu broker process with SQLite storage on a free loopback port; killed on drop.
@@ -57,7 +63,13 @@ impl Tansu {
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
         let child = Command::new(exe)
             .current_dir(dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .env_remove("STORAGE_ENGINE")
             .stdout(log.try_clone().unwrap())
@@ -67,7 +79,10 @@ impl Tansu {
         let bootstrap = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&bootstrap).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start listening on {bootstrap}");
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start listening on {bootstrap}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Tansu {
@@ -103,20 +118,42 @@ pub fn kafka_tool(args: &[&str]) {
 }
 
 /// Run `smki-extract gen` into an events file plus expectations; returns the expectations.
-pub fn gen_file(dir: &Path, seed: u64, devices: usize, days: u32, invalid_per_mille: u32) -> (PathBuf, serde_json::Value) {
+pub fn gen_file(
+    dir: &Path,
+    seed: u64,
+    devices: usize,
+    days: u32,
+    invalid_per_mille: u32,
+) -> (PathBuf, serde_json::Value) {
     let events = dir.join("events.bin");
     let expect = dir.join("expected.json");
     let out = Command::new(bin())
-        .args(["gen", "--seed", &seed.to_string(), "--devices", &devices.to_string()])
-        .args(["--days", &days.to_string(), "--invalid-per-mille", &invalid_per_mille.to_string()])
+        .args([
+            "gen",
+            "--seed",
+            &seed.to_string(),
+            "--devices",
+            &devices.to_string(),
+        ])
+        .args([
+            "--days",
+            &days.to_string(),
+            "--invalid-per-mille",
+            &invalid_per_mille.to_string(),
+        ])
         .arg("--out")
         .arg(&events)
         .arg("--expect")
         .arg(&expect)
         .output()
         .unwrap();
-    assert!(out.status.success(), "gen failed: {}", String::from_utf8_lossy(&out.stderr));
-    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&expect).unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "gen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&expect).unwrap()).unwrap();
     (events, expected)
 }
 
@@ -143,7 +180,11 @@ pub fn run_args(bootstrap: &str, topic: &str, group: &str, store: &Path) -> Vec<
 
 /// Start `smki-extract` with `args`, logging to `log`.
 pub fn spawn(args: &[String], log: &Path) -> Child {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new(bin())
         .args(args)
         .env("SMKI_LOG", "info,smki_extract::consumer=debug")
@@ -172,13 +213,23 @@ pub fn tail(log: &Path) -> String {
 }
 
 /// `smki-extract inspect --records`: per-certificate (status, events) and the census line.
-pub fn inspect(store: &Path, topic: &str) -> (std::collections::BTreeMap<String, (String, u64)>, serde_json::Value) {
+pub fn inspect(
+    store: &Path,
+    topic: &str,
+) -> (
+    std::collections::BTreeMap<String, (String, u64)>,
+    serde_json::Value,
+) {
     let out = Command::new(bin())
         .args(["inspect", "--records", "--topic", topic, "--store"])
         .arg(store)
         .output()
         .unwrap();
-    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "inspect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut certs = std::collections::BTreeMap::new();
     let mut summary = serde_json::Value::Null;
@@ -187,7 +238,10 @@ pub fn inspect(store: &Path, topic: &str) -> (std::collections::BTreeMap<String,
         if let Some(key) = v.get("key") {
             certs.insert(
                 key.as_str().unwrap().to_string(),
-                (v["status"].as_str().unwrap().to_string(), v["events"].as_u64().unwrap()),
+                (
+                    v["status"].as_str().unwrap().to_string(),
+                    v["events"].as_u64().unwrap(),
+                ),
             );
         } else {
             summary = v;
@@ -197,12 +251,22 @@ pub fn inspect(store: &Path, topic: &str) -> (std::collections::BTreeMap<String,
 }
 
 /// Expected per-certificate (status, events) from a gen expectations file.
-pub fn expected_certs(expected: &serde_json::Value) -> std::collections::BTreeMap<String, (String, u64)> {
+pub fn expected_certs(
+    expected: &serde_json::Value,
+) -> std::collections::BTreeMap<String, (String, u64)> {
     expected["certificates"]
         .as_object()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.clone(), (v["status"].as_str().unwrap().to_string(), v["events"].as_u64().unwrap())))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (
+                    v["status"].as_str().unwrap().to_string(),
+                    v["events"].as_u64().unwrap(),
+                ),
+            )
+        })
         .collect()
 }
 
@@ -238,7 +302,11 @@ pub fn assert_same_certs(
 /// Run `tests/support/kafka_tool.py` and return its stdout.
 pub fn kafka_tool_output(args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kafka_tool.py");
-    let out = Command::new(python()).arg(script).args(args).output().unwrap();
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "kafka_tool {args:?} failed: {}",
@@ -264,7 +332,9 @@ pub fn dead_letters(bootstrap: &str, topic: &str) -> Vec<(String, i64, i64)> {
 
 /// Dead letters by reason, counting each origin (partition, offset) once: delivery to the
 /// dead-letter topic is at-least-once, so a crash may repeat one.
-pub fn dead_letter_counts(letters: &[(String, i64, i64)]) -> std::collections::BTreeMap<String, u64> {
+pub fn dead_letter_counts(
+    letters: &[(String, i64, i64)],
+) -> std::collections::BTreeMap<String, u64> {
     let unique: std::collections::BTreeSet<&(String, i64, i64)> = letters.iter().collect();
     let mut out = std::collections::BTreeMap::new();
     for (reason, _, _) in unique {
@@ -274,7 +344,9 @@ pub fn dead_letter_counts(letters: &[(String, i64, i64)]) -> std::collections::B
 }
 
 /// Expected dead letters by reason from a gen expectations file.
-pub fn expected_dead_letters(expected: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+pub fn expected_dead_letters(
+    expected: &serde_json::Value,
+) -> std::collections::BTreeMap<String, u64> {
     expected["dead_letters"]
         .as_object()
         .unwrap()
