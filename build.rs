@@ -2,7 +2,10 @@
 //! so building needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/smki/v1/events.proto", "proto/smki/store/v1/store.proto"];
+    let files = [
+        "proto/smki/v1/events.proto",
+        "proto/smki/store/v1/store.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
