@@ -8,7 +8,7 @@
 //!   that lag tools see progress.
 //! - SIGTERM/SIGINT: stop polling, commit the batch, commit offsets, leave the group, exit 0.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -62,7 +62,14 @@ struct IngestContext {
     at_end: Mutex<BTreeSet<i32>>,
     fatal: Mutex<Option<anyhow::Error>>,
     metrics: Metrics,
+    /// Offsets written to the store but not yet reported to Kafka, and when Kafka was last
+    /// told: reports are informational, so they are sent at most once a second (a commit
+    /// per batch floods slow brokers; measured on tansu, it starved group heartbeats).
+    unreported: Mutex<(BTreeMap<i32, i64>, Option<Instant>)>,
 }
+
+/// Least time between two informational offset commits to Kafka.
+const KAFKA_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl IngestContext {
     fn ingestor(&self) -> MutexGuard<'_, Ingestor<KafkaDeadLetters>> {
@@ -79,8 +86,9 @@ impl IngestContext {
     fn commit(&self, consumer: &BaseConsumer<IngestContext>, mode: CommitMode) -> Result<()> {
         let committed = self.ingestor().commit()?;
         if let Some(c) = committed {
-            report_committed(consumer, &self.topic, &c, mode);
+            self.note_committed(&c);
         }
+        self.report_to_kafka(consumer, mode, true);
         Ok(())
     }
 
@@ -88,9 +96,40 @@ impl IngestContext {
     fn write_ready(&self, consumer: &BaseConsumer<IngestContext>, wait: bool) -> Result<()> {
         let written = self.ingestor().write_ready(wait)?;
         for c in &written {
-            report_committed(consumer, &self.topic, c, CommitMode::Async);
+            self.note_committed(c);
         }
+        self.report_to_kafka(consumer, CommitMode::Async, false);
         Ok(())
+    }
+
+    fn note_committed(&self, c: &Committed) {
+        debug!(records = c.records, offsets = ?c.offsets, "batch committed to the state store");
+        let mut unreported = self.unreported.lock().expect("not poisoned");
+        unreported.0.extend(c.offsets.iter().copied());
+    }
+
+    /// Commit the offsets written to the store to Kafka (informational only, for lag
+    /// tools): now with `force`, else at most once per [`KAFKA_COMMIT_INTERVAL`].
+    fn report_to_kafka(&self, consumer: &BaseConsumer<IngestContext>, mode: CommitMode, force: bool) {
+        let offsets = {
+            let mut unreported = self.unreported.lock().expect("not poisoned");
+            let due = force || unreported.1.is_none_or(|t| t.elapsed() >= KAFKA_COMMIT_INTERVAL);
+            if unreported.0.is_empty() || !due {
+                return;
+            }
+            unreported.1 = Some(Instant::now());
+            std::mem::take(&mut unreported.0)
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &offsets {
+            if tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o)).is_err() {
+                return;
+            }
+        }
+        // Failure is logged, never fatal: correctness rests on the offsets in the store.
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            debug!("committing offsets to Kafka: {e}");
+        }
     }
 
     fn on_assign(
@@ -207,28 +246,6 @@ impl ConsumerContext for IngestContext {
 /// Sealed batches allowed to wait for dead-letter acknowledgements before ingest waits too.
 const MAX_SEALED_BATCHES: usize = 4;
 
-fn report_committed(
-    consumer: &BaseConsumer<IngestContext>,
-    topic: &str,
-    c: &Committed,
-    mode: CommitMode,
-) {
-    debug!(records = c.records, offsets = ?c.offsets, "batch committed to the state store");
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in &c.offsets {
-        if tpl
-            .add_partition_offset(topic, *p, Offset::Offset(*o))
-            .is_err()
-        {
-            return;
-        }
-    }
-    // Informational only (lag tools): failure is logged, never fatal.
-    if let Err(e) = consumer.commit(&tpl, mode) {
-        debug!("committing offsets to Kafka: {e}");
-    }
-}
-
 /// Build the consumer for `config`.
 fn consumer(config: &Config, context: IngestContext) -> Result<BaseConsumer<IngestContext>> {
     // Defaults first, then the operator's pass-through properties may override them...
@@ -269,6 +286,7 @@ pub fn run(
         at_end: Mutex::new(BTreeSet::new()),
         fatal: Mutex::new(None),
         metrics: metrics.clone(),
+        unreported: Mutex::new((BTreeMap::new(), None)),
     };
     let consumer = consumer(config, context)?;
     consumer
@@ -340,6 +358,8 @@ pub fn run(
             if let Err(e) = ctx.write_ready(&consumer, backlog > MAX_SEALED_BATCHES) {
                 break Err(e);
             }
+        } else {
+            ctx.report_to_kafka(&consumer, CommitMode::Async, false);
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();

@@ -80,9 +80,20 @@ fn sigkill_at_random_instants_loses_nothing_and_applies_nothing_twice() {
         "only {mid} kills landed mid-stream: {progress:?}"
     );
 
-    let mut final_args = args_for(kills);
-    final_args.push("--stop-at-end".into());
-    run_ok(&final_args, &log);
+    // The last run goes to the end. tansu 0.6's group coordinator sometimes never answers a
+    // rejoin after a session timeout; such a run is killed and retried in a fresh group
+    // (one more crash, which the store must survive like the others).
+    let mut finished = false;
+    for attempt in 0..3 {
+        let mut final_args = args_for(kills + attempt);
+        final_args.push("--stop-at-end".into());
+        if run_ok_within(&final_args, &log, Duration::from_secs(150)) {
+            finished = true;
+            break;
+        }
+        eprintln!("final run {attempt} stalled on the broker; retrying in a fresh group");
+    }
+    assert!(finished, "no final run reached the end:\n{}", tail(&log));
 
     let (got, summary) = inspect(&store, "certs");
     assert_same_certs(&got, &expected_certs(&expected));

@@ -205,6 +205,25 @@ pub fn run_ok(args: &[String], log: &Path) {
     );
 }
 
+/// Run to completion within `limit`; `false` if it had to be killed (a broker that stopped
+/// answering), a panic if it failed.
+pub fn run_ok_within(args: &[String], log: &Path, limit: Duration) -> bool {
+    let mut child = spawn(args, log);
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "smki-extract {args:?} failed; log:\n{}", tail(log));
+            return true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Last lines of a log file (assertion messages).
 pub fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
