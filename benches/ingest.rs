@@ -5,7 +5,8 @@
 //!     decode → validate → apply → WriteBatch (one thread);
 //! (b) end to end from the in-process mock cluster, side by side in one run with a bare
 //!     rdkafka consumer draining the same topic and discarding it;
-//! (c) the same against a tansu broker process (when SMKI_TANSU names its binary).
+//! (c) the same against a tansu broker process (when scripts/setup installed it, or
+//!     SMKI_TANSU names its binary).
 //!
 //! `cargo bench --bench ingest` (env: BENCH_EVENTS, default 1_000_000; BENCH_TANSU_EVENTS,
 //! default 200_000).
@@ -29,6 +30,9 @@ use smki_extract::ingest::{Ingestor, RecordRef};
 use smki_extract::metrics::Metrics;
 use smki_extract::mock::EmbeddedKafka;
 use smki_extract::store::Store;
+
+#[path = "../tests/common/tansu.rs"]
+mod tansu;
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -287,34 +291,10 @@ fn main() {
     drop(kafka);
     drop(h);
 
-    if let Some(tansu) = std::env::var_os("SMKI_TANSU") {
+    if tansu::tansu_binary().is_some() {
         let h = history_of(env_usize("BENCH_TANSU_EVENTS", 200_000), 2);
-        let tdir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut child = std::process::Command::new(tansu)
-            .current_dir(tdir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "sqlite://tansu.db",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let bootstrap = format!("127.0.0.1:{port}");
-        while std::net::TcpStream::connect(&bootstrap).is_err() {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let broker = tansu::Tansu::start();
+        let bootstrap = broker.bootstrap.clone();
         let mut cc = rdkafka::ClientConfig::new();
         cc.set("bootstrap.servers", &bootstrap);
         let admin: rdkafka::admin::AdminClient<_> = cc.create().unwrap();
@@ -340,9 +320,8 @@ fn main() {
         let clean = history_with(env_usize("BENCH_TANSU_EVENTS", 200_000), 2, 0);
         output::produce(&clean.records, &cc, "clean", |_| {}).unwrap();
         side_by_side("c-clean", &bootstrap, "clean", 6, dir.path());
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(broker);
     } else {
-        println!("(c) skipped: set SMKI_TANSU to the tansu binary (scripts/setup installs it)");
+        println!("(c) skipped: no tansu binary (run scripts/setup, or set SMKI_TANSU)");
     }
 }

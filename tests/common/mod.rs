@@ -2,33 +2,16 @@
 //! Python Kafka client, and the `smki-extract` binary as a child process.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod tansu;
+pub use tansu::*;
+
 /// The binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_smki-extract"))
-}
-
-fn cache() -> PathBuf {
-    std::env::var_os("SMKI_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/smki-extract")
-        })
-}
-
-/// Path of a tool installed by `scripts/setup`, or a panic that says how to get it.
-fn tool(env: &str, default: PathBuf) -> PathBuf {
-    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or(default);
-    assert!(
-        path.exists(),
-        "{} not found ({env}); run the suite with scripts/test, which installs it",
-        path.display()
-    );
-    path
 }
 
 /// Python with confluent-kafka.
@@ -36,62 +19,7 @@ pub fn python() -> PathBuf {
     tool("SMKI_PYTHON", cache().join("venv/bin/python"))
 }
 
-/// A free loopback TCP port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A tansu broker process with SQLite storage on a free loopback port; killed on drop.
-pub struct Tansu {
-    child: Child,
-    /// `bootstrap.servers`.
-    pub bootstrap: String,
-    _dir: tempfile::TempDir,
-}
-
 impl Tansu {
-    /// Start and wait until it accepts connections.
-    pub fn start() -> Tansu {
-        let exe = tool("SMKI_TANSU", cache().join("tansu-0.6.0/bin/tansu"));
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        let child = Command::new(exe)
-            .current_dir(dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .env_remove("STORAGE_ENGINE")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting tansu");
-        let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&bootstrap).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not start listening on {bootstrap}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Tansu {
-            child,
-            bootstrap,
-            _dir: dir,
-        }
-    }
-
     /// Create topics (`name:partitions`) with the Python admin client.
     pub fn create_topics(&self, specs: &[&str]) {
         let mut args = vec!["create-topics", self.bootstrap.as_str()];
@@ -102,13 +30,6 @@ impl Tansu {
     /// Produce every record of an events file with the Python client.
     pub fn produce_file(&self, topic: &str, file: &Path) {
         kafka_tool(&["produce", &self.bootstrap, topic, file.to_str().unwrap()]);
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -212,7 +133,11 @@ pub fn run_ok_within(args: &[String], log: &Path, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "smki-extract {args:?} failed; log:\n{}", tail(log));
+            assert!(
+                status.success(),
+                "smki-extract {args:?} failed; log:\n{}",
+                tail(log)
+            );
             return true;
         }
         if Instant::now() > deadline {
