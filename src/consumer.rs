@@ -110,10 +110,18 @@ impl IngestContext {
 
     /// Commit the offsets written to the store to Kafka (informational only, for lag
     /// tools): now with `force`, else at most once per [`KAFKA_COMMIT_INTERVAL`].
-    fn report_to_kafka(&self, consumer: &BaseConsumer<IngestContext>, mode: CommitMode, force: bool) {
+    fn report_to_kafka(
+        &self,
+        consumer: &BaseConsumer<IngestContext>,
+        mode: CommitMode,
+        force: bool,
+    ) {
         let offsets = {
             let mut unreported = self.unreported.lock().expect("not poisoned");
-            let due = force || unreported.1.is_none_or(|t| t.elapsed() >= KAFKA_COMMIT_INTERVAL);
+            let due = force
+                || unreported
+                    .1
+                    .is_none_or(|t| t.elapsed() >= KAFKA_COMMIT_INTERVAL);
             if unreported.0.is_empty() || !due {
                 return;
             }
@@ -122,7 +130,10 @@ impl IngestContext {
         };
         let mut tpl = TopicPartitionList::new();
         for (p, o) in &offsets {
-            if tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o)).is_err() {
+            if tpl
+                .add_partition_offset(&self.topic, *p, Offset::Offset(*o))
+                .is_err()
+            {
                 return;
             }
         }
