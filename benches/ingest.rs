@@ -83,6 +83,7 @@ fn history_with(events: usize, seed: u64, invalid_per_mille: u32) -> history::Hi
         tz: "Europe/London".parse().unwrap(),
         invalid_per_mille,
         duplicate_per_mille: 5,
+        late_per_mille: 0,
         threads: 2,
     })
     .unwrap();
@@ -102,9 +103,10 @@ fn bench_pipeline(file: &Path, dir: &Path) {
     let mut ing = Ingestor::new(
         store,
         MemoryDeadLetters::default(),
-        "Europe/London".parse().unwrap(),
+        smki_extract::window::WindowConfig::new("Europe/London".parse().unwrap()),
         Metrics::new(),
-    );
+    )
+    .unwrap();
     let partitions = 6u32;
     let mut next = vec![0i64; partitions as usize];
     reset_peak_rss();
@@ -122,6 +124,7 @@ fn bench_pipeline(file: &Path, dir: &Path) {
             offset,
             key: Some(&r.key),
             value: Some(&r.value),
+            timestamp_ms: None,
         })
         .unwrap();
         if ing.pending_records() >= 10_000 {
@@ -189,6 +192,7 @@ fn side_by_side(label: &str, bootstrap: &str, topic: &str, partitions: i32, dir:
         .properties
         .insert("session.timeout.ms".into(), "6000".into());
     config.store.path = dir.join(format!("store-{label}"));
+    config.output.dir = dir.join(format!("output-{label}"));
     reset_peak_rss();
     let summary = consumer::run(
         &config,
@@ -196,6 +200,7 @@ fn side_by_side(label: &str, bootstrap: &str, topic: &str, partitions: i32, dir:
         RunOptions {
             stop_at_end: true,
             end_grace: Duration::from_millis(500),
+            simulated_now_ms: None,
         },
         Metrics::new(),
     )

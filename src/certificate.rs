@@ -155,6 +155,13 @@ pub fn parse(der: &[u8]) -> Result<CertificateInfo, CertificateError> {
         )));
     }
     check_crypto_profile(&cert)?;
+    let serial = canonical_serial(cert.raw_serial());
+    if serial.len() > MAX_SERIAL_LEN {
+        return Err(CertificateError::Profile(format!(
+            "serial of {} octets (RFC 5280 allows at most {MAX_SERIAL_LEN})",
+            serial.len()
+        )));
+    }
 
     let is_ca = cert
         .basic_constraints()
@@ -218,13 +225,16 @@ pub fn parse(der: &[u8]) -> Result<CertificateInfo, CertificateError> {
         role,
         usage,
         issuer_name_der: cert.issuer().as_raw().to_vec(),
-        serial: canonical_serial(cert.raw_serial()),
+        serial,
         issuer: cert.issuer().to_string(),
         subject: cert.subject().to_string(),
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
     })
 }
+
+/// Longest serial (octets) a certificate may have (RFC 5280 §4.1.2.2); store keys rely on it.
+pub const MAX_SERIAL_LEN: usize = 20;
 
 /// A serial number's unsigned magnitude without leading zero bytes (at least one byte).
 pub fn canonical_serial(raw: &[u8]) -> Vec<u8> {

@@ -5,7 +5,8 @@
 //! Environment variables (each overrides the file's value):
 //! `SMKI_BOOTSTRAP_SERVERS`, `SMKI_TOPIC`, `SMKI_GROUP_ID`, `SMKI_DEAD_LETTER_TOPIC`,
 //! `SMKI_STORE_PATH`, `SMKI_TIME_ZONE`, `SMKI_BATCH_MAX_RECORDS`, `SMKI_BATCH_MAX_MS`,
-//! `SMKI_LOG_FORMAT`.
+//! `SMKI_LOG_FORMAT`, `SMKI_OUTPUT_DIR`, `SMKI_FULL_WEEKDAY`, `SMKI_GRACE_SECS`,
+//! `SMKI_IDLE_SECS`, `SMKI_DEADLINE_SECS`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,8 +25,114 @@ pub struct Config {
     pub store: StoreConfig,
     /// The ingest loop.
     pub ingest: IngestConfig,
+    /// The window clock: when days close.
+    pub window: WindowSettings,
+    /// The published files.
+    pub output: OutputConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// When days close (see [`crate::window`]); times in seconds.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowSettings {
+    /// How far past a day's end a partition's event time must be before the day closes on it.
+    pub grace_secs: u64,
+    /// How long a caught-up partition must be quiet before it stops holding a day open.
+    pub idle_secs: u64,
+    /// How long after its end a day closes regardless (once caught up).
+    pub deadline_secs: u64,
+    /// Largest accepted lead of `occurred_at` over the record's Kafka timestamp.
+    pub max_future_skew_secs: u64,
+}
+
+impl Default for WindowSettings {
+    fn default() -> Self {
+        WindowSettings {
+            grace_secs: 600,
+            idle_secs: 60,
+            deadline_secs: 7200,
+            max_future_skew_secs: 3600,
+        }
+    }
+}
+
+/// The published files.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Directory Parties read (served read-only over SFTP).
+    pub dir: PathBuf,
+    /// Day of the week whose close produces the full extract (`Mon` … `Sun`).
+    pub full_weekday: String,
+    /// A delta is removed once a delta this many days newer is published.
+    pub delta_retention_days: u32,
+    /// How many of the newest full extracts are kept.
+    pub fulls_kept: u32,
+    /// Compression threads; 0 = one per core. The bytes do not depend on it.
+    pub gzip_threads: usize,
+    /// Deflate level 0–9 (part of the bytes: changing it changes every new file).
+    pub gzip_level: u32,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            dir: PathBuf::from("./smki-output"),
+            full_weekday: "Sun".into(),
+            delta_retention_days: 7,
+            fulls_kept: 2,
+            gzip_threads: 0,
+            gzip_level: 6,
+        }
+    }
+}
+
+impl OutputConfig {
+    /// The weekday of the full extract.
+    pub fn full_weekday(&self) -> Result<chrono::Weekday> {
+        self.full_weekday.parse::<chrono::Weekday>().map_err(|_| {
+            anyhow::anyhow!(
+                "output.full_weekday {:?} is not a day of the week (Mon … Sun)",
+                self.full_weekday
+            )
+        })
+    }
+
+    /// gzip settings of the files.
+    pub fn gzip(&self) -> crate::extract::gzip::GzOptions {
+        let mut g = crate::extract::gzip::GzOptions {
+            level: self.gzip_level,
+            ..Default::default()
+        };
+        if self.gzip_threads > 0 {
+            g.threads = self.gzip_threads;
+        }
+        g
+    }
+
+    /// Retention of the published files.
+    pub fn retention(&self) -> crate::extract::publish::Retention {
+        crate::extract::publish::Retention {
+            delta_days: i64::from(self.delta_retention_days),
+            fulls_kept: self.fulls_kept as usize,
+        }
+    }
+}
+
+impl Config {
+    /// The window clock's settings.
+    pub fn window_config(&self) -> Result<crate::window::WindowConfig> {
+        let secs = |s: u64| (s.min(i64::MAX as u64 / 1000) as i64) * 1000;
+        Ok(crate::window::WindowConfig {
+            tz: crate::day::parse_time_zone(&self.ingest.time_zone)?,
+            grace_ms: secs(self.window.grace_secs),
+            idle_ms: secs(self.window.idle_secs),
+            deadline_ms: secs(self.window.deadline_secs),
+            max_future_skew_ms: secs(self.window.max_future_skew_secs),
+        })
+    }
 }
 
 /// Kafka connection and topics.
@@ -138,6 +245,8 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             store: StoreConfig::default(),
             ingest: IngestConfig::default(),
+            window: WindowSettings::default(),
+            output: OutputConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -158,6 +267,8 @@ pub struct Overrides {
     pub store_path: Option<PathBuf>,
     /// `--time-zone`.
     pub time_zone: Option<String>,
+    /// `--output-dir`.
+    pub output_dir: Option<PathBuf>,
     /// `-X key=value`, applied in order.
     pub properties: Vec<String>,
 }
@@ -204,6 +315,21 @@ impl Config {
         if let Some(v) = env("SMKI_STORE_PATH") {
             self.store.path = PathBuf::from(v);
         }
+        if let Some(v) = env("SMKI_OUTPUT_DIR") {
+            self.output.dir = PathBuf::from(v);
+        }
+        set(&mut self.output.full_weekday, "SMKI_FULL_WEEKDAY");
+        for (name, target) in [
+            ("SMKI_GRACE_SECS", &mut self.window.grace_secs),
+            ("SMKI_IDLE_SECS", &mut self.window.idle_secs),
+            ("SMKI_DEADLINE_SECS", &mut self.window.deadline_secs),
+        ] {
+            if let Some(v) = env(name) {
+                *target = v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number of seconds"))?;
+            }
+        }
         if let Some(v) = env("SMKI_BATCH_MAX_RECORDS") {
             self.ingest.batch_max_records = v
                 .parse()
@@ -236,6 +362,9 @@ impl Config {
         if let Some(v) = &f.time_zone {
             self.ingest.time_zone = v.clone();
         }
+        if let Some(v) = &f.output_dir {
+            self.output.dir = v.clone();
+        }
         for kv in &f.properties {
             let Some((k, v)) = kv.split_once('=') else {
                 bail!("-X {kv:?}: expected key=value");
@@ -262,6 +391,23 @@ impl Config {
             bail!("ingest.batch_max_records must be at least 1");
         }
         crate::day::parse_time_zone(&self.ingest.time_zone)?;
+        self.output.full_weekday()?;
+        if self.output.gzip_level > 9 {
+            bail!(
+                "output.gzip_level must be 0..=9, not {}",
+                self.output.gzip_level
+            );
+        }
+        if self.output.delta_retention_days == 0 || self.output.fulls_kept == 0 {
+            bail!("output.delta_retention_days and output.fulls_kept must be at least 1");
+        }
+        if self.window.deadline_secs < self.window.grace_secs {
+            bail!(
+                "window.deadline_secs ({}) must not be shorter than window.grace_secs ({})",
+                self.window.deadline_secs,
+                self.window.grace_secs
+            );
+        }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             bail!(
                 "log.format must be \"human\" or \"json\", not {:?}",
@@ -331,6 +477,9 @@ mod tests {
         assert!(bad("[ingest]\ntime_zone = \"Mars/Base\"").contains("time zone"));
         assert!(bad("[kafka]\ntopc = \"x\"").contains("unknown field"));
         assert!(bad("[ingest]\nbatch_max_records = 0").contains("at least 1"));
+        assert!(bad("[output]\nfull_weekday = \"Caturday\"").contains("day of the week"));
+        assert!(bad("[output]\ngzip_level = 10").contains("0..=9"));
+        assert!(bad("[window]\ngrace_secs = 9000").contains("deadline_secs"));
         let flags = Overrides {
             properties: vec!["novalue".into()],
             ..Default::default()
@@ -348,5 +497,12 @@ mod tests {
         let c = Config::load(None, |_| None, &Overrides::default()).unwrap();
         assert_eq!(c.kafka.dead_letter_topic(), "smki.certificate-events.dlq");
         assert_eq!(c.ingest.time_zone, "Europe/London");
+        assert_eq!(c.output.full_weekday().unwrap(), chrono::Weekday::Sun);
+        let w = c.window_config().unwrap();
+        assert_eq!(
+            (w.grace_ms, w.idle_ms, w.deadline_ms),
+            (600_000, 60_000, 7_200_000)
+        );
+        assert_eq!(c.output.retention().delta_days, 7);
     }
 }

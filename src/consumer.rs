@@ -7,6 +7,9 @@
 //! - After each store commit the same offsets are committed to Kafka, asynchronously, only so
 //!   that lag tools see progress.
 //! - SIGTERM/SIGINT: stop polling, commit the batch, commit offsets, leave the group, exit 0.
+//! - The window clock is told the topic's partition count and the assignment after every
+//!   rebalance, when a partition reaches its end, and ticks every poll; days it closes are
+//!   handed to the [`PublicationWorker`], which writes their files while ingest goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +17,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use chrono_tz::Tz;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -24,8 +26,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::deadletter::KafkaDeadLetters;
+use crate::extract::publish::ManifestEntry;
 use crate::ingest::{Committed, Ingestor, RecordRef};
 use crate::metrics::Metrics;
+use crate::publication::{PublicationWorker, PublishSettings};
 use crate::store::Store;
 
 /// How `run` ends besides a signal.
@@ -36,6 +40,10 @@ pub struct RunOptions {
     pub stop_at_end: bool,
     /// How long the end must stay quiet before stopping.
     pub end_grace: Duration,
+    /// Evaluate the window clock's wall-clock rules (idle, deadline) as if it were always
+    /// this instant (Unix ms), not the real time: for the demo and tests, which replay a
+    /// history whose days are long past.
+    pub simulated_now_ms: Option<i64>,
 }
 
 /// What a run did (for the caller's report).
@@ -51,6 +59,10 @@ pub struct RunSummary {
     pub duplicates: u64,
     /// From the first record received to the last one (throughput measurements).
     pub busy: Duration,
+    /// Days closed during the run.
+    pub days_closed: u64,
+    /// Files published during the run.
+    pub published: Vec<ManifestEntry>,
 }
 
 /// Shared between the poll loop and the rebalance callback (which librdkafka runs inside
@@ -59,6 +71,8 @@ struct IngestContext {
     ingestor: Mutex<Ingestor<KafkaDeadLetters>>,
     topic: String,
     assigned: Mutex<BTreeSet<i32>>,
+    /// The assignment changed: the window clock must be told (outside the callback).
+    assignment_changed: AtomicBool,
     at_end: Mutex<BTreeSet<i32>>,
     fatal: Mutex<Option<anyhow::Error>>,
     metrics: Metrics,
@@ -177,6 +191,7 @@ impl IngestContext {
         let mut assigned = self.assigned.lock().expect("not poisoned");
         assigned.extend(partitions);
         self.metrics.partitions_assigned.set(assigned.len() as i64);
+        self.assignment_changed.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -207,6 +222,7 @@ impl IngestContext {
             at_end.remove(&p);
         }
         self.metrics.partitions_assigned.set(assigned.len() as i64);
+        self.assignment_changed.store(true, Ordering::SeqCst);
         result
     }
 }
@@ -254,6 +270,38 @@ impl ConsumerContext for IngestContext {
     }
 }
 
+/// Tell the window clock how many partitions the topic has and which are assigned here
+/// (metadata is fetched outside the rebalance callback).
+fn tell_window_the_assignment(
+    consumer: &BaseConsumer<IngestContext>,
+    ctx: &IngestContext,
+) -> Result<()> {
+    let metadata = consumer
+        .fetch_metadata(Some(&ctx.topic), Duration::from_secs(10))
+        .with_context(|| format!("fetching the metadata of topic {}", ctx.topic))?;
+    let total = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == ctx.topic)
+        .map_or(0, |t| t.partitions().len() as i32);
+    let assigned: Vec<i32> = ctx
+        .assigned
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .copied()
+        .collect();
+    if total > 0 && (assigned.len() as i32) < total && !assigned.is_empty() {
+        warn!(
+            assigned = assigned.len(),
+            total,
+            "not every partition of the topic is assigned here: days close (and files are \
+             published) only while one instance holds every partition"
+        );
+    }
+    ctx.ingestor().set_partitions(total, &assigned)
+}
+
 /// Sealed batches allowed to wait for dead-letter acknowledgements before ingest waits too.
 const MAX_SEALED_BATCHES: usize = 4;
 
@@ -281,19 +329,25 @@ pub fn run(
     opts: RunOptions,
     metrics: Metrics,
 ) -> Result<RunSummary> {
-    let tz: Tz = crate::day::parse_time_zone(&config.ingest.time_zone)?;
+    let window = config.window_config()?;
     let store = Arc::new(Store::open(&config.store.path, &config.kafka.topic)?);
+    let publication = PublicationWorker::start(
+        store.clone(),
+        &config.output.dir,
+        PublishSettings::from_config(&config.output)?,
+    )?;
     let dlq_topic = config.kafka.dead_letter_topic();
     let sink = KafkaDeadLetters::new(
         &config.kafka.client_config(),
         &dlq_topic,
         &config.kafka.topic,
     )?;
-    let ingestor = Ingestor::new(store, sink, tz, metrics.clone());
+    let ingestor = Ingestor::new(store, sink, window, metrics.clone())?;
     let context = IngestContext {
         ingestor: Mutex::new(ingestor),
         topic: config.kafka.topic.clone(),
         assigned: Mutex::new(BTreeSet::new()),
+        assignment_changed: AtomicBool::new(false),
         at_end: Mutex::new(BTreeSet::new()),
         fatal: Mutex::new(None),
         metrics: metrics.clone(),
@@ -308,8 +362,14 @@ pub fn run(
         group = %config.kafka.group_id,
         dead_letters = %dlq_topic,
         store = %config.store.path.display(),
+        output = %config.output.dir.display(),
         "ingest started"
     );
+    let now_ms = || {
+        opts.simulated_now_ms
+            .unwrap_or_else(|| chrono::Utc::now().timestamp_millis())
+    };
+    let mut days_closed = 0u64;
 
     let max_records = config.ingest.batch_max_records;
     let max_age = Duration::from_millis(config.ingest.batch_max_ms);
@@ -341,6 +401,7 @@ pub fn run(
                     offset: msg.offset(),
                     key: msg.key(),
                     value: msg.payload(),
+                    timestamp_ms: msg.timestamp().to_millis(),
                 };
                 let mut ing = ctx.ingestor();
                 if let Err(e) = ing.ingest(rec) {
@@ -354,6 +415,9 @@ pub fn run(
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 ctx.at_end.lock().expect("not poisoned").insert(p);
+                if let Err(e) = ctx.ingestor().note_end(p, now_ms()) {
+                    break Err(e);
+                }
             }
             Some(Err(e)) => warn!("consumer: {e}"),
             None => {}
@@ -361,6 +425,23 @@ pub fn run(
         if batch_started.is_some_and(|t| t.elapsed() >= max_age) {
             ctx.ingestor().seal();
             batch_started = None;
+        }
+        if ctx.assignment_changed.swap(false, Ordering::SeqCst) {
+            if let Err(e) = tell_window_the_assignment(&consumer, &ctx) {
+                break Err(e);
+            }
+        }
+        // The window clock: wall-clock rules, then any day closed goes to publication.
+        let closed = {
+            let mut ing = ctx.ingestor();
+            if let Err(e) = ing.tick(now_ms()) {
+                break Err(e);
+            }
+            ing.take_closed()
+        };
+        if !closed.is_empty() {
+            days_closed += closed.len() as u64;
+            publication.notify();
         }
         // Write what is ready; wait only when too many batches are queued behind slow
         // dead-letter acknowledgements.
@@ -405,18 +486,31 @@ pub fn run(
     consumer.unsubscribe();
     // Serve the revocation so the group rebalances promptly.
     let _ = consumer.poll(Duration::from_millis(100));
+    // Files of days closed so far are written before the process exits.
+    let published = publication.finish();
     outcome?;
     final_commit?;
     if let Some(e) = ctx.fatal.lock().expect("not poisoned").take() {
         return Err(e);
     }
+    let published = published.context("publishing the files of closed days")?;
     let summary = RunSummary {
         consumed: metrics.events_consumed.get(),
         applied: metrics.events_applied.get(),
         dead_lettered: metrics.dead_lettered_total(),
         duplicates: metrics.events_duplicate.get(),
         busy,
+        days_closed,
+        published,
     };
-    info!(?summary, "ingest stopped cleanly");
+    info!(
+        consumed = summary.consumed,
+        applied = summary.applied,
+        dead_lettered = summary.dead_lettered,
+        duplicates = summary.duplicates,
+        days_closed = summary.days_closed,
+        published = summary.published.len(),
+        "ingest stopped cleanly"
+    );
     Ok(summary)
 }

@@ -19,7 +19,8 @@ pub mod smki {
 }
 
 pub use smki::store::v1::{
-    CertificateRecord, CertificateType as StoredType, KeyUsage as StoredUsage,
+    CertificateRecord, CertificateType as StoredType, DayClose, ForcedCut, KeyUsage as StoredUsage,
+    PartitionClock,
 };
 pub use smki::v1::{
     certificate_event::Body, CertificateEvent, CertificateId, CertificateIssued, CertificateStatus,

@@ -14,24 +14,31 @@
 //!
 //! A repeated `event_id` is applied once: each certificate record keeps the ids of the events
 //! applied to it (a handful in a certificate's life), so the check costs no extra lookup.
+//!
+//! Guarantee 3 (windows by event time): every change gets a *delta day* from the
+//! [`window`](crate::window) clock — its event day, or the next day still open on its
+//! partition when it is late — and is written as the certificate's version at the close of
+//! that day (the `history` column family) plus an entry in that day's delta index. The clock
+//! state is written with the offsets; when a day has closed on every partition, the pipeline
+//! writes everything consumed and records the [`DayClose`] in the
+//! store, then hands it to the publisher ([`Ingestor::take_closed`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use anyhow::Result;
-use chrono_tz::Tz;
 use prost::Message;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::certificate::{self, CertificateInfo, CertificateType, Usage};
 use crate::contract::{
     issuer_hash, record_key, Body, CertificateEvent, CertificateIssued, CertificateRecord,
-    CertificateStatus, StatusChanged, StoredType, StoredUsage,
+    CertificateStatus, DayClose, StatusChanged, StoredType, StoredUsage,
 };
-use crate::day::day_of_millis;
 use crate::deadletter::{DeadLetter, DeadLetterSink};
 use crate::metrics::Metrics;
 use crate::store::{CertKey, Store, StoreBatch};
+use crate::window::{self, Clock, WindowConfig};
 
 /// Longest `event_id` accepted (bytes).
 pub const MAX_EVENT_ID_LEN: usize = 128;
@@ -47,6 +54,9 @@ pub struct RecordRef<'a> {
     pub key: Option<&'a [u8]>,
     /// Record value (a serialized `CertificateEvent`).
     pub value: Option<&'a [u8]>,
+    /// The record's Kafka timestamp (Unix ms), when it has one: `occurred_at` may not be far
+    /// ahead of it (see [`WindowConfig::max_future_skew_ms`]).
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Why an event was dead-lettered: a stable code for headers and metric labels.
@@ -58,6 +68,8 @@ pub enum Reason {
     InvalidEventId,
     /// No `occurred_at`.
     MissingOccurredAt,
+    /// `occurred_at` further ahead of the record's Kafka timestamp than the allowed skew.
+    OccurredAtInFuture,
     /// Neither `issued` nor `status_changed` is set.
     MissingBody,
     /// The record key is not the id of the certificate the event is about.
@@ -89,6 +101,7 @@ impl Reason {
             Reason::Undecodable => "undecodable",
             Reason::InvalidEventId => "invalid_event_id",
             Reason::MissingOccurredAt => "missing_occurred_at",
+            Reason::OccurredAtInFuture => "occurred_at_in_future",
             Reason::MissingBody => "missing_body",
             Reason::KeyMismatch => "key_mismatch",
             Reason::CertificateUnparseable => "certificate_unparseable",
@@ -104,10 +117,11 @@ impl Reason {
     }
 
     /// Every reason (metrics pre-registration, docs, tests).
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Undecodable,
         Reason::InvalidEventId,
         Reason::MissingOccurredAt,
+        Reason::OccurredAtInFuture,
         Reason::MissingBody,
         Reason::KeyMismatch,
         Reason::CertificateUnparseable,
@@ -169,8 +183,12 @@ struct OpenBatch {
     touched: Vec<CertKey>,
     /// Certificates this batch lodged (their DER must be written).
     lodged: Vec<CertKey>,
-    /// Change-index entries.
-    changes: Vec<(CertKey, u32)>,
+    /// Versions at the close of a delta day (history + delta index), in order of change.
+    versions: Vec<(CertKey, u32, CertificateRecord)>,
+    /// Expiry-index entries of certificates this batch lodged.
+    expiries: Vec<(CertKey, u32)>,
+    /// A new first day of the delta series.
+    first_day: Option<u32>,
     /// Next offset per partition after this batch.
     offsets: HashMap<i32, i64>,
     /// Records consumed into it.
@@ -198,7 +216,7 @@ struct Sealed {
 pub struct Ingestor<S: DeadLetterSink> {
     store: Arc<Store>,
     sink: S,
-    tz: Tz,
+    window: WindowConfig,
     metrics: Metrics,
     open: OpenBatch,
     sealed: VecDeque<Sealed>,
@@ -207,6 +225,8 @@ pub struct Ingestor<S: DeadLetterSink> {
     overlay: HashMap<CertKey, (CertificateRecord, u64)>,
     /// DER of certificates lodged by unwritten batches.
     bodies: HashMap<CertKey, (Vec<u8>, u64)>,
+    /// Expiry-index entries (day, certificate) of unwritten batches, with their generation.
+    expiries: Vec<(u32, CertKey, u64)>,
     /// Next offset per partition consumed into any batch, written or not.
     consumed: HashMap<i32, i64>,
     /// Next offset per partition as written to the store (loaded on first sight).
@@ -214,30 +234,201 @@ pub struct Ingestor<S: DeadLetterSink> {
     /// Issuer Name DER → (issuer hash, its hex): a handful of issuers sign everything, so
     /// their hashes are computed once. Cleared if it ever grows past [`ISSUER_CACHE_MAX`].
     issuers: HashMap<Vec<u8>, ([u8; 8], String)>,
+    /// Window clock of every partition seen or assigned (restored from the store).
+    clocks: BTreeMap<i32, Clock>,
+    /// Partitions of the topic, once known: days close only when every one of them is
+    /// assigned here and closed.
+    topic_partitions: Option<i32>,
+    /// Partitions assigned to this instance.
+    assigned: BTreeSet<i32>,
+    /// First day of the delta series (the earliest delta day of any change).
+    first_day: Option<u32>,
+    /// The next day to close everywhere (none before the first change).
+    next_day: Option<u32>,
+    /// Some day has closed (the first day of the series is fixed).
+    any_closed: bool,
+    /// A partition's clock closed a further day: look whether days can close everywhere.
+    close_check: bool,
+    /// Days closed and recorded, not yet taken by the publisher.
+    closed: Vec<DayClose>,
 }
 
 /// Bound of the issuer cache (bad input could carry any number of issuers).
 const ISSUER_CACHE_MAX: usize = 1024;
 
 impl<S: DeadLetterSink> Ingestor<S> {
-    /// A pipeline writing to `store`, dead-lettering into `sink`, with days in `tz`.
-    pub fn new(store: Arc<Store>, sink: S, tz: Tz, metrics: Metrics) -> Self {
+    /// A pipeline writing to `store`, dead-lettering into `sink`, with days and their
+    /// closing by `window`.
+    pub fn new(store: Arc<Store>, sink: S, window: WindowConfig, metrics: Metrics) -> Result<Self> {
         for r in Reason::ALL {
             metrics.events_dead_lettered.with_label_values(&[r.code()]);
         }
-        Ingestor {
+        let first_day = store.first_day()?;
+        let last_closed = store.last_closed_day()?;
+        let next_day = match last_closed {
+            Some(d) => Some(d + 1),
+            None => first_day,
+        };
+        Ok(Ingestor {
             store,
             sink,
-            tz,
+            window,
             metrics,
             open: OpenBatch::default(),
             sealed: VecDeque::new(),
             overlay: HashMap::default(),
             bodies: HashMap::default(),
+            expiries: Vec::new(),
             consumed: HashMap::default(),
             committed: HashMap::default(),
             issuers: HashMap::default(),
+            clocks: BTreeMap::new(),
+            topic_partitions: None,
+            assigned: BTreeSet::new(),
+            first_day,
+            next_day,
+            any_closed: last_closed.is_some(),
+            close_check: false,
+            closed: Vec::new(),
+        })
+    }
+
+    /// The window settings.
+    pub fn window(&self) -> &WindowConfig {
+        &self.window
+    }
+
+    /// The next day to close everywhere, if any change was ever applied.
+    pub fn next_day(&self) -> Option<u32> {
+        self.next_day
+    }
+
+    /// Say how many partitions the topic has and which are assigned here (after every
+    /// rebalance). A partition that leaves is "not at its end" when it comes back.
+    pub fn set_partitions(&mut self, topic_partitions: i32, assigned: &[i32]) -> Result<()> {
+        self.topic_partitions = Some(topic_partitions);
+        let now: BTreeSet<i32> = assigned.iter().copied().collect();
+        for p in self.assigned.difference(&now) {
+            if let Some(clock) = self.clocks.get_mut(p) {
+                clock.reached_end = false;
+                clock.at_end_since = None;
+            }
         }
+        for p in &now {
+            self.clock_mut(*p)?;
+        }
+        self.assigned = now;
+        self.close_check = true;
+        Ok(())
+    }
+
+    /// The consumer reached the end of `partition` at wall-clock `now_ms` (nothing more to
+    /// read for now): the partition is caught up, and idle from then on until a record comes.
+    pub fn note_end(&mut self, partition: i32, now_ms: i64) -> Result<()> {
+        let clock = self.clock_mut(partition)?;
+        clock.reached_end = true;
+        clock.at_end_since.get_or_insert(now_ms);
+        Ok(())
+    }
+
+    /// Apply the wall-clock rules of the window clock at `now_ms` (idle partitions, the
+    /// deadline), then close every day that can close. Call it regularly (every poll).
+    pub fn tick(&mut self, now_ms: i64) -> Result<()> {
+        if let (Some(next), true) = (self.next_day, self.all_partitions_here()) {
+            let clocks: BTreeMap<i32, Clock> = self
+                .clocks
+                .iter()
+                .filter(|(p, _)| self.assigned.contains(p))
+                .map(|(p, c)| (*p, c.clone()))
+                .collect();
+            for cut in window::forced_cuts(&self.window, &clocks, next, now_ms) {
+                let offset = self.next_offset(cut.partition)?.unwrap_or(0);
+                let cfg = self.window;
+                let clock = self.clock_mut(cut.partition)?;
+                let before = clock.closed_through(&cfg);
+                if clock.force(&cfg, cut.through_day, offset, cut.rule) {
+                    self.expire(cut.partition, before + 1, cut.through_day)?;
+                    tracing::info!(
+                        partition = cut.partition,
+                        offset,
+                        through = %crate::day::date_of_day(cut.through_day),
+                        rule = cut.rule,
+                        "partition cut by the wall-clock rule"
+                    );
+                    self.close_check = true;
+                }
+            }
+        }
+        self.close_ready_days()
+    }
+
+    /// Days closed everywhere (and recorded in the store) since the last call, in order:
+    /// their files are due.
+    pub fn take_closed(&mut self) -> Vec<DayClose> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// Every partition of the topic is known and assigned here.
+    fn all_partitions_here(&self) -> bool {
+        self.topic_partitions
+            .is_some_and(|n| n > 0 && (0..n).all(|p| self.assigned.contains(&p)))
+    }
+
+    /// The clock of `partition`, restored from the store on first sight.
+    fn clock_mut(&mut self, partition: i32) -> Result<&mut Clock> {
+        if !self.clocks.contains_key(&partition) {
+            let state = self.store.clock(partition)?.unwrap_or_default();
+            self.clocks.insert(partition, Clock::restored(state));
+        }
+        Ok(self.clocks.get_mut(&partition).expect("inserted"))
+    }
+
+    /// Close, in order, every day that is closed on every partition: write everything
+    /// consumed and record the close, before the day's files are written from the store.
+    fn close_ready_days(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.close_check) || !self.all_partitions_here() {
+            return Ok(());
+        }
+        let n = self.topic_partitions.expect("checked");
+        while let Some(day) = self.next_day {
+            let closed_everywhere = (0..n).all(|p| {
+                self.clocks
+                    .get(&p)
+                    .is_some_and(|c| c.closed_through(&self.window) >= day)
+            });
+            if !closed_everywhere {
+                break;
+            }
+            self.commit()?;
+            let mut batch = StoreBatch::default();
+            let mut close = DayClose {
+                day,
+                ..DayClose::default()
+            };
+            for p in 0..n {
+                close.offsets.insert(p, self.next_offset(p)?.unwrap_or(0));
+                let clock = self.clocks.get_mut(&p).expect("checked");
+                if let Some(cut) = clock.forced_cut_of(&self.window, day) {
+                    close.forced_cuts.insert(p, cut);
+                }
+                clock.prune_forced(day);
+                if clock.dirty {
+                    batch.put_clock(p, &clock.state);
+                    clock.dirty = false;
+                }
+            }
+            batch.put_close(&close);
+            self.store.write(batch)?;
+            tracing::info!(
+                day = %crate::day::date_of_day(day),
+                forced = close.forced_cuts.len(),
+                "day closed on every partition"
+            );
+            self.closed.push(close);
+            self.any_closed = true;
+            self.next_day = Some(day + 1);
+        }
+        Ok(())
     }
 
     /// The store this pipeline writes.
@@ -318,12 +509,16 @@ impl<S: DeadLetterSink> Ingestor<S> {
         self.open.offsets.insert(rec.partition, rec.offset + 1);
         self.consumed.insert(rec.partition, rec.offset + 1);
         self.open.records += 1;
+        if self.close_check {
+            self.close_ready_days()?;
+        }
         Ok(outcome)
     }
 
     /// Close the open batch (if it holds anything) for writing.
     pub fn seal(&mut self) {
-        if self.open.records == 0 {
+        let clocks_dirty = self.clocks.values().any(|c| c.dirty);
+        if self.open.records == 0 && !clocks_dirty && self.open.first_day.is_none() {
             return;
         }
         let next = OpenBatch {
@@ -342,8 +537,18 @@ impl<S: DeadLetterSink> Ingestor<S> {
             let (der, _) = &self.bodies[&key];
             batch.put_body(key, der.clone());
         }
-        for (key, day) in &open.changes {
-            batch.put_change(key, *day);
+        for (key, day, record) in &open.versions {
+            batch.put_version(key, *day, record);
+        }
+        for (key, day) in &open.expiries {
+            batch.put_expiry(key, *day);
+        }
+        if let Some(day) = open.first_day {
+            batch.set_first_day(day);
+        }
+        for (p, clock) in self.clocks.iter_mut().filter(|(_, c)| c.dirty) {
+            batch.put_clock(*p, &clock.state);
+            clock.dirty = false;
         }
         let mut offsets: Vec<(i32, i64)> = open.offsets.into_iter().collect();
         offsets.sort_unstable();
@@ -388,6 +593,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
             let written = sealed.generation;
             self.overlay.retain(|_, (_, g)| *g > written);
             self.bodies.retain(|_, (_, g)| *g > written);
+            self.expiries.retain(|(_, _, g)| *g > written);
             self.metrics.batches_committed.inc();
             out.push(Committed {
                 offsets: sealed.offsets,
@@ -427,15 +633,46 @@ impl<S: DeadLetterSink> Ingestor<S> {
         let occurred_ms = event
             .occurred_at
             .as_ref()
-            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+            .map(|t| {
+                t.seconds
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(t.nanos) / 1_000_000)
+            })
             .expect("checked by decode");
-        let day = day_of_millis(self.tz, occurred_ms);
-        match event.body.expect("checked by decode") {
-            Body::Issued(issued) => {
-                self.apply_issued(rec, &event.event_id, occurred_ms, day, issued)
+        if let Some(ts) = rec.timestamp_ms {
+            if occurred_ms > ts.saturating_add(self.window.max_future_skew_ms) {
+                return Ok(reject(
+                    Reason::OccurredAtInFuture,
+                    format!(
+                        "occurred_at {} ms is {} s ahead of the record's timestamp {ts} ms \
+                         (at most {} s allowed)",
+                        occurred_ms,
+                        (occurred_ms - ts) / 1000,
+                        self.window.max_future_skew_ms / 1000
+                    ),
+                ));
             }
+        }
+        let cfg = self.window;
+        let clock = self.clock_mut(rec.partition)?;
+        clock.at_end_since = None;
+        let before = clock.closed_through(&cfg);
+        clock.observe(&cfg, occurred_ms);
+        let closed_through = clock.closed_through(&cfg);
+        if closed_through > before {
+            // The cut is here, before this event: expiries of the days it closes come first.
+            self.close_check = true;
+            self.expire(rec.partition, before + 1, closed_through)?;
+        }
+        let when = When {
+            occurred_ms,
+            event_day: cfg.day_of(occurred_ms),
+            closed_through,
+        };
+        match event.body.expect("checked by decode") {
+            Body::Issued(issued) => self.apply_issued(rec, &event.event_id, when, issued),
             Body::StatusChanged(change) => {
-                self.apply_status_change(rec, &event.event_id, occurred_ms, day, change)
+                self.apply_status_change(rec, &event.event_id, when, change)
             }
         }
     }
@@ -506,9 +743,66 @@ impl<S: DeadLetterSink> Ingestor<S> {
         Ok(self.store.get_cert(key)?.map(|r| (r, None)))
     }
 
-    /// Record a changed certificate in the open batch.
-    fn put(&mut self, key: CertKey, record: CertificateRecord, day: u32) {
-        self.open.changes.push((key.clone(), day));
+    /// Expire the Organisation and CA certificates of `partition` whose notAfter falls in the
+    /// days `from..=to`, which have just closed on it: each gets status `E` as its last
+    /// change of its expiry day, at the partition's cut (so the same offsets give the same
+    /// result, however partitions interleave).
+    fn expire(&mut self, partition: i32, from: u32, to: u32) -> Result<()> {
+        let mut due: BTreeSet<(u32, CertKey)> = self
+            .store
+            .expiring_between(partition, from, to)?
+            .into_iter()
+            .collect();
+        for (day, key, _) in &self.expiries {
+            if key.partition() == partition && (from..=to).contains(day) {
+                due.insert((*day, key.clone()));
+            }
+        }
+        for (day, key) in due {
+            let Some((mut record, generation)) = self.lookup(&key)? else {
+                continue;
+            };
+            let status = CertificateStatus::try_from(record.status)
+                .unwrap_or(CertificateStatus::Unspecified);
+            if status.is_final() {
+                self.restore(key, record, generation);
+                continue;
+            }
+            let not_after_ms = record.not_after.saturating_mul(1000);
+            record.status = CertificateStatus::Expired as i32;
+            record.status_changed_at_ms = not_after_ms;
+            record.status_reason = "expired".into();
+            let when = When {
+                occurred_ms: not_after_ms,
+                event_day: day,
+                closed_through: day - 1,
+            };
+            self.put(key, record, when);
+            self.metrics.events_expired.inc();
+        }
+        Ok(())
+    }
+
+    /// Record a changed certificate in the open batch, as its version at the close of its
+    /// delta day (see [`window::delta_day`]), counting it as late when that is after its
+    /// event day.
+    fn put(&mut self, key: CertKey, mut record: CertificateRecord, when: When) {
+        let previous = record.delta_day;
+        let day = window::delta_day(when.event_day, when.closed_through, previous);
+        record.delta_day = day;
+        if day > when.event_day {
+            self.metrics.events_late.inc();
+        }
+        if self.first_day.is_none_or(|f| day < f) {
+            self.first_day = Some(day);
+            self.open.first_day = Some(day);
+            // Until a day has closed, the series starts at the earliest delta day; after
+            // that no change can be earlier than the next open day.
+            if !self.any_closed {
+                self.next_day = Some(day);
+            }
+        }
+        self.open.versions.push((key.clone(), day, record.clone()));
         self.open.touched.push(key.clone());
         self.overlay.insert(key, (record, self.open.generation));
     }
@@ -524,10 +818,10 @@ impl<S: DeadLetterSink> Ingestor<S> {
         &mut self,
         rec: RecordRef<'_>,
         event_id: &str,
-        occurred_ms: i64,
-        day: u32,
+        when: When,
         issued: CertificateIssued,
     ) -> Result<Result<bool, Rejection>> {
+        let occurred_ms = when.occurred_ms;
         let initial = match CertificateStatus::try_from(issued.initial_status) {
             Ok(s @ (CertificateStatus::Pending | CertificateStatus::InUse)) => s,
             _ => {
@@ -585,7 +879,19 @@ impl<S: DeadLetterSink> Ingestor<S> {
         let (record, der) = new_record(&info, issued, initial, event_id, occurred_ms);
         self.bodies.insert(key.clone(), (der, self.open.generation));
         self.open.lodged.push(key.clone());
-        self.put(key, record, day);
+        if info.cert_type != CertificateType::Device {
+            // Organisation and CA certificates expire without an event: when the day of
+            // their notAfter closes (or the day they are lodged, if that is later).
+            let lodged_day = window::delta_day(when.event_day, when.closed_through, 0);
+            let expiry_day = self
+                .window
+                .day_of(info.not_after.saturating_mul(1000))
+                .max(lodged_day);
+            self.open.expiries.push((key.clone(), expiry_day));
+            self.expiries
+                .push((expiry_day, key.clone(), self.open.generation));
+        }
+        self.put(key, record, when);
         Ok(Ok(true))
     }
 
@@ -593,10 +899,10 @@ impl<S: DeadLetterSink> Ingestor<S> {
         &mut self,
         rec: RecordRef<'_>,
         event_id: &str,
-        occurred_ms: i64,
-        day: u32,
+        when: When,
         change: StatusChanged,
     ) -> Result<Result<bool, Rejection>> {
+        let occurred_ms = when.occurred_ms;
         let Some(id) = change.certificate else {
             return Ok(reject(
                 Reason::UnknownCertificate,
@@ -604,10 +910,13 @@ impl<S: DeadLetterSink> Ingestor<S> {
             ));
         };
         let serial = certificate::canonical_serial(&id.serial);
-        if id.issuer_name_der.is_empty() || id.serial.is_empty() {
+        if id.issuer_name_der.is_empty()
+            || id.serial.is_empty()
+            || serial.len() > certificate::MAX_SERIAL_LEN
+        {
             return Ok(reject(
                 Reason::UnknownCertificate,
-                "status change with an empty issuer or serial",
+                "status change with an empty issuer, or an empty or over-long serial",
             ));
         }
         let key = match self.key_for(rec, &id.issuer_name_der, &serial) {
@@ -675,12 +984,20 @@ impl<S: DeadLetterSink> Ingestor<S> {
             record.status_reason = change.reason;
             record.applied_event_ids.push(event_id.to_string());
             record.applied_events += 1;
-            self.put(key, record, day);
+            self.put(key, record, when);
         } else {
             self.restore(key, record, generation);
         }
         Ok(verdict)
     }
+}
+
+/// When an event happened, and what its partition's clock said when it arrived.
+#[derive(Clone, Copy, Debug)]
+struct When {
+    occurred_ms: i64,
+    event_day: u32,
+    closed_through: u32,
 }
 
 /// Protobuf decode and envelope checks.
@@ -775,6 +1092,7 @@ pub fn record_for(
         status_reason: String::new(),
         applied_event_ids: vec![event_id.to_string()],
         applied_events: 1,
+        delta_day: 0,
     }
 }
 
@@ -792,16 +1110,55 @@ mod tests {
     }
 
     fn event(id: &str, body: Body) -> Vec<u8> {
+        event_at(id, 1_790_000_000, body)
+    }
+
+    fn event_at(id: &str, seconds: i64, body: Body) -> Vec<u8> {
         CertificateEvent {
             event_id: id.into(),
-            occurred_at: Some(prost_types::Timestamp {
-                seconds: 1_790_000_000,
-                nanos: 0,
-            }),
+            occurred_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
             source: String::new(),
             body: Some(body),
         }
         .encode_to_vec()
+    }
+
+    fn lodge_at(id: &str, der: &[u8], seconds: i64, status: CertificateStatus) -> Vec<u8> {
+        event_at(
+            id,
+            seconds,
+            Body::Issued(CertificateIssued {
+                certificate_der: der.to_vec(),
+                initial_status: status as i32,
+                manufacturing_flag: false,
+            }),
+        )
+    }
+
+    fn change_at(id: &str, der: &[u8], to: CertificateStatus, seconds: i64) -> Vec<u8> {
+        let info = certificate::parse(der).unwrap();
+        event_at(
+            id,
+            seconds,
+            Body::StatusChanged(StatusChanged {
+                certificate: Some(CertificateId {
+                    issuer_name_der: info.issuer_name_der,
+                    serial: info.serial,
+                }),
+                new_status: to as i32,
+                reason: String::new(),
+            }),
+        )
+    }
+
+    fn secs(rfc3339: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp()
+    }
+
+    fn london_day(y: i32, m: u32, d: u32) -> u32 {
+        crate::day::day_of_date(chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap())
     }
 
     fn lodge(id: &str, der: &[u8]) -> Vec<u8> {
@@ -845,7 +1202,13 @@ mod tests {
         fn new(sink: S) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let store = Arc::new(Store::open(dir.path(), "t").unwrap());
-            let ing = Ingestor::new(store, sink, chrono_tz::Europe::London, Metrics::new());
+            let ing = Ingestor::new(
+                store,
+                sink,
+                WindowConfig::new(chrono_tz::Europe::London),
+                Metrics::new(),
+            )
+            .unwrap();
             Harness {
                 ing,
                 next: 0,
@@ -861,8 +1224,29 @@ mod tests {
                     offset: o,
                     key: Some(key),
                     value: Some(value),
+                    timestamp_ms: None,
                 })
                 .unwrap()
+        }
+        fn feed_on(&mut self, partition: i32, offset: i64, key: &[u8], value: &[u8]) -> Outcome {
+            self.ing
+                .ingest(RecordRef {
+                    partition,
+                    offset,
+                    key: Some(key),
+                    value: Some(value),
+                    timestamp_ms: None,
+                })
+                .unwrap()
+        }
+        fn key_of(&self, der: &[u8]) -> CertKey {
+            let info = certificate::parse(der).unwrap();
+            CertKey::new(0, &issuer_hash(&info.issuer_name_der), &info.serial)
+        }
+        fn stored_on(&self, partition: i32, der: &[u8]) -> Option<CertificateRecord> {
+            let info = certificate::parse(der).unwrap();
+            let key = CertKey::new(partition, &issuer_hash(&info.issuer_name_der), &info.serial);
+            self.ing.store.get_cert(&key).unwrap()
         }
         fn stored(&self, der: &[u8]) -> Option<CertificateRecord> {
             let info = certificate::parse(der).unwrap();
@@ -895,7 +1279,7 @@ mod tests {
         assert_eq!(rec.applied_event_ids, vec!["e1", "e2", "e3"]);
         assert_eq!(h.ing.store.next_offset(0).unwrap(), Some(3));
         // The change index holds the certificate under its event day.
-        let day = day_of_millis(chrono_tz::Europe::London, 1_790_000_000_000);
+        let day = crate::day::day_of_millis(chrono_tz::Europe::London, 1_790_000_000_000);
         assert_eq!(h.ing.store.changes_on(0, day).unwrap().len(), 1);
     }
 
@@ -915,6 +1299,7 @@ mod tests {
                 offset: 1,
                 key: Some(&key),
                 value: Some(&change("e2", &der, CertificateStatus::InUse)),
+                timestamp_ms: None,
             })
             .unwrap();
         assert_eq!(again, Outcome::AlreadyApplied);
@@ -1082,5 +1467,232 @@ mod tests {
             "offsets moved past an unsent dead letter"
         );
         assert!(h.stored(&der).is_none());
+    }
+
+    #[test]
+    fn a_late_event_is_applied_into_the_next_open_day_and_counted() {
+        let device = fixture("00db123456789008-ds.pem");
+        let other = fixture("00db123456789008-ka.pem");
+        let (kd, ko) = (key_text(&device), key_text(&other));
+        let mut h = Harness::new(MemoryDeadLetters::default());
+        let d = london_day(2026, 11, 2);
+        assert_eq!(
+            h.feed(
+                &kd,
+                &lodge_at(
+                    "l1",
+                    &device,
+                    secs("2026-11-02T09:00:00Z"),
+                    CertificateStatus::Pending
+                )
+            ),
+            Outcome::Applied
+        );
+        // Event time on the partition moves to 4 Nov noon: 2 and 3 Nov close on it.
+        h.feed(
+            &ko,
+            &lodge_at(
+                "l2",
+                &other,
+                secs("2026-11-04T12:00:00Z"),
+                CertificateStatus::Pending,
+            ),
+        );
+        // A commissioning that happened on 2 Nov arrives now: late, into 4 Nov.
+        assert_eq!(
+            h.feed(
+                &kd,
+                &change_at(
+                    "c1",
+                    &device,
+                    CertificateStatus::InUse,
+                    secs("2026-11-02T10:00:00Z")
+                )
+            ),
+            Outcome::Applied
+        );
+        assert_eq!(h.ing.metrics.events_late.get(), 1);
+        h.ing.commit().unwrap();
+        let key = h.key_of(&device);
+        assert_eq!(h.ing.store.changes_on(0, d).unwrap(), vec![key.clone()]);
+        assert_eq!(h.ing.store.changes_on(0, d + 2).unwrap().len(), 2);
+        // Its version of 2 Nov is the lodging; of 4 Nov, the commissioning.
+        let v2 = h.ing.store.get_version(&key, d).unwrap().unwrap();
+        let v4 = h.ing.store.get_version(&key, d + 2).unwrap().unwrap();
+        assert_eq!(v2.status, CertificateStatus::Pending as i32);
+        assert_eq!(v4.status, CertificateStatus::InUse as i32);
+        assert_eq!(v4.delta_day, d + 2);
+        // The clock went to the store with the offsets.
+        let clock = h.ing.store.clock(0).unwrap().unwrap();
+        assert_eq!(
+            clock.watermark_ms,
+            Some(secs("2026-11-04T12:00:00Z") * 1000)
+        );
+    }
+
+    #[test]
+    fn an_organisation_certificate_expires_when_its_day_closes_on_its_partition() {
+        let org = fixture("90b3d51f30000002-ds.pem"); // notAfter 2025-10-29T23:59:59Z
+        let device = fixture("00db123456789009-ds.pem");
+        let (korg, kdev) = (key_text(&org), key_text(&device));
+        let mut h = Harness::new(MemoryDeadLetters::default());
+        h.feed(
+            &korg,
+            &lodge_at(
+                "o1",
+                &org,
+                secs("2025-10-28T08:00:00Z"),
+                CertificateStatus::InUse,
+            ),
+        );
+        h.ing.commit().unwrap();
+        // Still 29 Oct: nothing happens.
+        h.feed(
+            &kdev,
+            &lodge_at(
+                "d1",
+                &device,
+                secs("2025-10-29T23:00:00Z"),
+                CertificateStatus::Pending,
+            ),
+        );
+        assert_eq!(h.ing.metrics.events_expired.get(), 0);
+        // The partition's event time passes the end of 29 Oct plus grace: it expires at the cut.
+        h.feed(
+            &kdev,
+            &change_at(
+                "d2",
+                &device,
+                CertificateStatus::InUse,
+                secs("2025-10-30T00:15:00Z"),
+            ),
+        );
+        assert_eq!(h.ing.metrics.events_expired.get(), 1);
+        // A later revocation is a transition out of a final status.
+        match h.feed(
+            &korg,
+            &change_at(
+                "o2",
+                &org,
+                CertificateStatus::Revoked,
+                secs("2025-10-30T01:00:00Z"),
+            ),
+        ) {
+            Outcome::DeadLettered(r) => assert_eq!(r.reason, Reason::TransitionFromFinal),
+            other => panic!("{other:?}"),
+        }
+        h.ing.commit().unwrap();
+        let rec = h.stored(&org).unwrap();
+        assert_eq!(rec.status, CertificateStatus::Expired as i32);
+        assert_eq!(rec.status_reason, "expired");
+        let d29 = london_day(2025, 10, 29);
+        assert_eq!(rec.delta_day, d29);
+        let key = h.key_of(&org);
+        assert!(h.ing.store.changes_on(0, d29).unwrap().contains(&key));
+        assert_eq!(
+            h.ing.store.get_version(&key, d29).unwrap().unwrap().status,
+            CertificateStatus::Expired as i32
+        );
+    }
+
+    #[test]
+    fn a_day_closes_everywhere_only_when_every_partition_has_closed_it() {
+        let a = fixture("00db12345678900a-ds.pem");
+        let b = fixture("00db12345678900a-ka.pem");
+        let (ka, kb) = (key_text(&a), key_text(&b));
+        let mut h = Harness::new(MemoryDeadLetters::default());
+        h.ing.set_partitions(2, &[0, 1]).unwrap();
+        let d = london_day(2026, 11, 2);
+        h.feed_on(
+            0,
+            0,
+            &ka,
+            &lodge_at(
+                "a1",
+                &a,
+                secs("2026-11-02T09:00:00Z"),
+                CertificateStatus::Pending,
+            ),
+        );
+        h.feed_on(
+            1,
+            0,
+            &kb,
+            &lodge_at(
+                "b1",
+                &b,
+                secs("2026-11-02T10:00:00Z"),
+                CertificateStatus::Pending,
+            ),
+        );
+        h.feed_on(
+            0,
+            1,
+            &ka,
+            &change_at(
+                "a2",
+                &a,
+                CertificateStatus::InUse,
+                secs("2026-11-03T08:00:00Z"),
+            ),
+        );
+        let now = secs("2026-11-03T08:00:00Z") * 1000;
+        h.ing.tick(now).unwrap();
+        assert!(
+            h.ing.take_closed().is_empty(),
+            "partition 1 holds 2 Nov open"
+        );
+        // Partition 1 is caught up; once idle long enough it stops holding the day.
+        h.ing.note_end(1, now).unwrap();
+        h.ing.tick(now + 30_000).unwrap();
+        assert!(h.ing.take_closed().is_empty(), "not idle long enough yet");
+        h.ing.tick(now + 60_000).unwrap();
+        let closed = h.ing.take_closed();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].day, d);
+        assert_eq!(closed[0].offsets, BTreeMap::from([(0, 2), (1, 1)]));
+        assert_eq!(closed[0].forced_cuts[&1].rule, "idle");
+        assert_eq!(closed[0].forced_cuts[&1].offset, 1);
+        assert!(
+            !closed[0].forced_cuts.contains_key(&0),
+            "closed by event time"
+        );
+        assert_eq!(h.ing.store.last_closed_day().unwrap(), Some(d));
+        // A late event for 2 Nov on partition 1 now goes to 3 Nov.
+        h.feed_on(
+            1,
+            1,
+            &kb,
+            &change_at(
+                "b2",
+                &b,
+                CertificateStatus::InUse,
+                secs("2026-11-02T11:00:00Z"),
+            ),
+        );
+        h.ing.commit().unwrap();
+        assert_eq!(h.stored_on(1, &b).unwrap().delta_day, d + 1);
+        // The deadline closes 3 Nov once every partition has reached its end.
+        h.ing.tick(secs("2026-11-04T01:59:00Z") * 1000).unwrap();
+        assert!(h.ing.take_closed().is_empty());
+        h.ing.note_end(0, now).unwrap();
+        h.ing.note_end(1, now).unwrap();
+        h.ing.tick(secs("2026-11-04T02:00:00Z") * 1000).unwrap();
+        let closed = h.ing.take_closed();
+        assert_eq!(
+            closed.iter().map(|c| c.day).collect::<Vec<_>>(),
+            vec![d + 1]
+        );
+        assert_eq!(closed[0].forced_cuts[&0].rule, "deadline");
+        // A restarted pipeline on the same store carries on from the next day.
+        let store = h.ing.store.clone();
+        let again = Ingestor::new(
+            store,
+            MemoryDeadLetters::default(),
+            WindowConfig::new(chrono_tz::Europe::London),
+            Metrics::new(),
+        )
+        .unwrap();
+        assert_eq!(again.next_day(), Some(d + 2));
     }
 }

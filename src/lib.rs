@@ -16,4 +16,6 @@ pub mod gen;
 pub mod ingest;
 pub mod metrics;
 pub mod mock;
+pub mod publication;
 pub mod store;
+pub mod window;

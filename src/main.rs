@@ -12,8 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use smki_extract::config::{Config, Overrides};
 use smki_extract::consumer::{self, RunOptions};
 use smki_extract::demo::{self, DemoOptions};
+use smki_extract::extract::publish::Publisher;
+use smki_extract::extract::xml::ExtractKind;
 use smki_extract::gen::{history, output};
 use smki_extract::metrics::Metrics;
+use smki_extract::publication;
 use smki_extract::store::Store;
 
 /// Publishes the GB SMKI Repository extracts from a Kafka stream of certificate events.
@@ -37,6 +40,10 @@ enum Command {
     Demo(DemoArgs),
     /// Report what a state store holds (JSON on stdout).
     Inspect(InspectArgs),
+    /// (Re)write the delta file of a closed day from the state store.
+    Delta(DeltaArgs),
+    /// (Re)write the full extract as of a closed day from the state store.
+    Full(FullArgs),
 }
 
 /// Where the configuration comes from; shared by commands that talk to Kafka.
@@ -63,6 +70,9 @@ struct ConfigArgs {
     /// IANA time zone of the extract calendar.
     #[arg(long)]
     time_zone: Option<String>,
+    /// Output directory of the published files.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
     /// Any librdkafka property, as key=value (repeatable), e.g. -X security.protocol=SSL.
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     properties: Vec<String>,
@@ -77,6 +87,7 @@ impl ConfigArgs {
             dead_letter_topic: self.dead_letter_topic.clone(),
             store_path: self.store.clone(),
             time_zone: self.time_zone.clone(),
+            output_dir: self.output_dir.clone(),
             properties: self.properties.clone(),
         };
         Config::load(self.config.as_deref(), |k| std::env::var(k).ok(), &flags)
@@ -93,6 +104,28 @@ struct RunArgs {
     /// With --stop-at-end: how long the end must stay quiet first (milliseconds).
     #[arg(long, default_value_t = 1000)]
     end_grace_ms: u64,
+    /// Evaluate the window clock's wall-clock rules (idle partitions, deadline) as if it were
+    /// always this instant (RFC 3339), e.g. to replay an old history in a test or a demo.
+    #[arg(long, value_name = "RFC3339")]
+    simulated_now: Option<chrono::DateTime<chrono::FixedOffset>>,
+}
+
+#[derive(Args)]
+struct DeltaArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The day (YYYY-MM-DD); it must have closed.
+    #[arg(long)]
+    day: NaiveDate,
+}
+
+#[derive(Args)]
+struct FullArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The day (YYYY-MM-DD) whose end state the extract lists; it must have closed.
+    #[arg(long)]
+    as_of: NaiveDate,
 }
 
 #[derive(Args)]
@@ -117,6 +150,9 @@ struct GenArgs {
     /// Duplicate re-sends per thousand valid events.
     #[arg(long, default_value_t = 5)]
     duplicate_per_mille: u32,
+    /// Device status changes per thousand delivered 1–36 hours late.
+    #[arg(long, default_value_t = 10)]
+    late_per_mille: u32,
     /// Signing threads (output does not depend on it).
     #[arg(long)]
     threads: Option<usize>,
@@ -203,6 +239,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 RunOptions {
                     stop_at_end: args.stop_at_end,
                     end_grace: Duration::from_millis(args.end_grace_ms),
+                    simulated_now_ms: args.simulated_now.map(|t| t.timestamp_millis()),
                 },
                 Metrics::new(),
             )?;
@@ -224,7 +261,44 @@ fn real_main(cli: Cli) -> Result<()> {
             })
         }
         Command::Inspect(args) => inspect(args),
+        Command::Delta(args) => {
+            let config = args.config.load()?;
+            init_logging(log_format.as_deref().unwrap_or(&config.log.format), "info");
+            write_on_demand(&config, ExtractKind::Delta, args.day)
+        }
+        Command::Full(args) => {
+            let config = args.config.load()?;
+            init_logging(log_format.as_deref().unwrap_or(&config.log.format), "info");
+            write_on_demand(&config, ExtractKind::Full, args.as_of)
+        }
     }
+}
+
+/// `delta` / `full`: write one file of a closed day from the store (opened read-only, so the
+/// service may keep running on it) into the output directory. Rewriting a published file is
+/// allowed only with identical bytes.
+fn write_on_demand(config: &Config, kind: ExtractKind, date: NaiveDate) -> Result<()> {
+    let store = Store::open_read_only(&config.store.path, &config.kafka.topic)?;
+    let mut publisher = Publisher::open(&config.output.dir, config.output.retention())?;
+    let t = Instant::now();
+    let entry = publication::publish_one(
+        &store,
+        &mut publisher,
+        kind,
+        smki_extract::day::day_of_date(date),
+        config.output.gzip(),
+    )?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "file": config.output.dir.join(&entry.name),
+            "records": entry.records,
+            "bytes": entry.size,
+            "sha256": entry.sha256,
+            "seconds": t.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
 }
 
 fn gen(args: GenArgs) -> Result<()> {
@@ -242,6 +316,7 @@ fn gen(args: GenArgs) -> Result<()> {
         tz,
         invalid_per_mille: args.invalid_per_mille,
         duplicate_per_mille: args.duplicate_per_mille,
+        late_per_mille: args.late_per_mille,
         threads: args.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -311,9 +386,22 @@ fn inspect(args: InspectArgs) -> Result<()> {
         .into_iter()
         .map(|(p, o)| (p.to_string(), o.into()))
         .collect();
+    let closed: Vec<String> = store
+        .closes()?
+        .iter()
+        .map(|c| smki_extract::day::date_of_day(c.day).to_string())
+        .collect();
+    let first_day = store
+        .first_day()?
+        .map(|d| smki_extract::day::date_of_day(d).to_string());
     println!(
         "{}",
-        serde_json::json!({"census": census, "offsets": offsets})
+        serde_json::json!({
+            "census": census,
+            "offsets": offsets,
+            "first_day": first_day,
+            "closed_days": closed,
+        })
     );
     Ok(())
 }

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub batches_committed: IntCounter,
     /// Partitions currently assigned to this instance.
     pub partitions_assigned: IntGauge,
+    /// Events applied after their day had closed on their partition: routed to a later delta.
+    pub events_late: IntCounter,
+    /// Certificates expired by the window clock (notAfter within a closed day).
+    pub events_expired: IntCounter,
 }
 
 impl Metrics {
@@ -58,6 +62,14 @@ impl Metrics {
             "smki_store_batches_committed_total",
             "RocksDB write batches committed (state and offsets together).",
         );
+        let events_late = counter(
+            "smki_events_late_total",
+            "Events applied after their day closed on their partition (routed to a later delta).",
+        );
+        let events_expired = counter(
+            "smki_certificates_expired_total",
+            "Certificates given status E when the day of their notAfter closed.",
+        );
         let events_dead_lettered = IntCounterVec::new(
             Opts::new(
                 "smki_events_dead_lettered_total",
@@ -86,6 +98,8 @@ impl Metrics {
             records_skipped,
             batches_committed,
             partitions_assigned,
+            events_late,
+            events_expired,
         }
     }
 

@@ -217,6 +217,16 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
             .encode_to_vec(),
             Some("missing_occurred_at"),
         ),
+        (
+            kb.clone(),
+            CertificateEvent {
+                // Two days ahead of the record's timestamp (the time it is produced).
+                occurred_at: ts(chrono::Utc::now().timestamp() + 2 * 86_400),
+                ..issued("x11", &b, Pending)
+            }
+            .encode_to_vec(),
+            Some("occurred_at_in_future"),
+        ),
         (kb.clone(), changed("b2", &b, InUse).encode_to_vec(), None),
     ];
 
@@ -229,6 +239,7 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
     config.kafka.group_id = "bad-input".into();
     let dir = tempfile::tempdir().unwrap();
     config.store.path = dir.path().join("store");
+    config.output.dir = dir.path().join("output");
 
     let producer: BaseProducer = config.kafka.client_config().create().unwrap();
     for (key, value, _) in &cases {
@@ -250,6 +261,7 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
         RunOptions {
             stop_at_end: true,
             end_grace: Duration::from_millis(300),
+            simulated_now_ms: None,
         },
         metrics.clone(),
     )

@@ -26,6 +26,7 @@ fn mock_config(kafka: &EmbeddedKafka, dir: &std::path::Path, group: &str) -> Con
     config.kafka.topic = "certs".into();
     config.kafka.group_id = group.into();
     config.store.path = dir.join("store");
+    config.output.dir = dir.join("output");
     // The mock cluster keeps a departed member until its session times out.
     config
         .kafka
@@ -41,6 +42,7 @@ fn run(config: &Config) -> consumer::RunSummary {
         RunOptions {
             stop_at_end: true,
             end_grace: Duration::from_millis(300),
+            simulated_now_ms: None,
         },
         Metrics::new(),
     )
@@ -61,6 +63,7 @@ fn generated_history_lands_exactly_and_a_restart_applies_nothing_twice() {
         tz: "Europe/London".parse().unwrap(),
         invalid_per_mille: 20,
         duplicate_per_mille: 20,
+        late_per_mille: 0,
         threads: 2,
     };
     let h = history::generate(&spec).unwrap();
@@ -136,6 +139,7 @@ fn partitions_unknown_to_the_store_start_at_their_beginning() {
         tz: "Europe/London".parse().unwrap(),
         invalid_per_mille: 0,
         duplicate_per_mille: 0,
+        late_per_mille: 0,
         threads: 2,
     };
     let (a, b) = (

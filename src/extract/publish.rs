@@ -28,6 +28,8 @@ use super::xml::ExtractKind;
 pub const MANIFEST: &str = "manifest.json";
 /// Prefix of temporary files (hidden; never listed; removed at open).
 const TEMP_PREFIX: &str = ".tmp-";
+/// Lock file: one publisher per output directory at a time.
+const LOCK_FILE: &str = ".lock";
 
 /// How long published files stay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,13 +83,35 @@ pub struct Publisher {
     dir: PathBuf,
     retention: Retention,
     manifest: Manifest,
+    /// Held (exclusively locked) for the publisher's life.
+    _lock: File,
 }
 
 impl Publisher {
-    /// Open `dir` (created if missing): load the manifest and remove temporary files left by
-    /// a crash.
+    /// Open `dir` (created if missing): take its lock (a second publisher on the same
+    /// directory, e.g. `full` while `run` publishes, is refused), load the manifest and
+    /// remove temporary files left by a crash.
     pub fn open(dir: &Path, retention: Retention) -> Result<Publisher> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => bail!(
+                "output directory {} is in use by another smki-extract process (it holds {}); \
+                 stop it or publish into another directory",
+                dir.display(),
+                lock_path.display()
+            ),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", lock_path.display()))
+            }
+        }
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
@@ -109,12 +133,24 @@ impl Publisher {
             dir: dir.to_path_buf(),
             retention,
             manifest,
+            _lock: lock,
         })
     }
 
     /// The current manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The output directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the manifest lists the `kind` file of `day`.
+    pub fn has(&self, kind: ExtractKind, day: NaiveDate) -> bool {
+        let name = kind.file_name(day);
+        self.manifest.files.iter().any(|f| f.name == name)
     }
 
     /// Publish the `kind` extract of `day`: `write` produces its bytes into the temporary
@@ -315,6 +351,7 @@ mod tests {
         let mut v: Vec<String> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n != LOCK_FILE)
             .collect();
         v.sort();
         v
@@ -346,6 +383,12 @@ mod tests {
             serde_json::from_slice(&fs::read(dir.path().join(MANIFEST)).unwrap()).unwrap();
         assert_eq!(manifest.files, vec![e.clone()]);
         assert_eq!(manifest.files[0].offsets, offsets());
+        // A second publisher on the same directory is refused while the first lives.
+        let err = Publisher::open(dir.path(), Retention::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("in use by another"), "{err}");
+        drop(p);
         // Reopening reads the same manifest.
         assert_eq!(
             Publisher::open(dir.path(), Retention::default())
@@ -394,6 +437,7 @@ mod tests {
             b"x",
         )
         .unwrap();
+        drop(p);
         let p = Publisher::open(dir.path(), Retention::default()).unwrap();
         assert!(names(dir.path()).is_empty());
         assert!(p.manifest().files.is_empty());

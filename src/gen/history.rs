@@ -40,6 +40,10 @@ pub struct Spec {
     pub invalid_per_mille: u32,
     /// Duplicate re-sends (same event id) per thousand valid events.
     pub duplicate_per_mille: u32,
+    /// Device status changes per thousand that reach the topic late: 1 to 36 hours after
+    /// they happened (the certificate's later events wait behind them, as a producer that
+    /// keeps a certificate's events in order would send them).
+    pub late_per_mille: u32,
     /// Worker threads for certificate signing (output is identical whatever the count).
     pub threads: usize,
 }
@@ -102,6 +106,8 @@ struct Cert {
     key: String,
     status: CertificateStatus,
     events: u32,
+    /// Emit time of its newest record: later records of the certificate are not before it.
+    last_emit: i64,
 }
 
 impl Cert {
@@ -115,6 +121,7 @@ impl Cert {
             key,
             status: CertificateStatus::Unspecified,
             events: 0,
+            last_emit: i64::MIN,
         })
     }
 }
@@ -128,6 +135,7 @@ struct Builder {
     next_event: u64,
     prefix: String,
     dup_per_mille: u32,
+    late_per_mille: u32,
 }
 
 impl Builder {
@@ -140,6 +148,7 @@ impl Builder {
             next_event: 0,
             prefix,
             dup_per_mille: 0,
+            late_per_mille: 0,
         }
     }
 
@@ -185,13 +194,39 @@ impl Builder {
             }),
         );
         let key = c.key.clone();
+        let at = ms.max(c.last_emit);
+        c.last_emit = at;
         self.expected.applied += 1;
-        self.emit(ms, &key, &event);
-        self.maybe_duplicate(ms, &key, &event);
+        self.emit(at, &key, &event);
+        self.maybe_duplicate(at, &key, &event);
+    }
+
+    /// Change certificate `idx` to `status` at `ms`, possibly delivered late.
+    fn change_maybe_late(&mut self, idx: usize, status: CertificateStatus, reason: &str, ms: i64) {
+        let delay = if self.late_per_mille > 0 && self.rng.gen_range(0..1000) < self.late_per_mille
+        {
+            self.rng.gen_range(3_600_000..36 * 3_600_000)
+        } else {
+            0
+        };
+        self.change_emitted(idx, status, reason, ms, ms + delay);
     }
 
     /// Change certificate `idx` to `status` at `ms` (a valid transition).
     fn change(&mut self, idx: usize, status: CertificateStatus, reason: &str, ms: i64) {
+        self.change_emitted(idx, status, reason, ms, ms);
+    }
+
+    /// Change certificate `idx` to `status` at `ms`, reaching the topic at `emit_ms` (or after
+    /// the certificate's previous record, whichever is later).
+    fn change_emitted(
+        &mut self,
+        idx: usize,
+        status: CertificateStatus,
+        reason: &str,
+        ms: i64,
+        emit_ms: i64,
+    ) {
         let id = self.event_id();
         let c = &mut self.certs[idx];
         debug_assert!(c.status.may_become(status));
@@ -203,9 +238,11 @@ impl Builder {
             Body::StatusChanged(status_change(c, status, reason)),
         );
         let key = c.key.clone();
+        let at = emit_ms.max(c.last_emit);
+        c.last_emit = at;
         self.expected.applied += 1;
-        self.emit(ms, &key, &event);
-        self.maybe_duplicate(ms, &key, &event);
+        self.emit(at, &key, &event);
+        self.maybe_duplicate(at, &key, &event);
     }
 
     fn maybe_duplicate(&mut self, ms: i64, key: &str, event: &CertificateEvent) {
@@ -366,7 +403,10 @@ fn authorities_and_organisations(
             // A few organisation keys are revoked during the history.
             if b.rng.gen_range(0..100) < 5 {
                 let when = at + b.rng.gen_range(DAY_MS..span_ms.max(DAY_MS + 1));
-                b.change(idx, CertificateStatus::Revoked, "key compromise", when);
+                // Every event happens within the history's days.
+                if when < start_ms + span_ms {
+                    b.change(idx, CertificateStatus::Revoked, "key compromise", when);
+                }
             }
         }
     }
@@ -383,6 +423,7 @@ fn devices(
 ) -> Result<(Vec<GenRecord>, Expectations)> {
     let mut b = Builder::new(split_seed(spec.seed, from as u64), format!("dev{from}"));
     b.dup_per_mille = spec.duplicate_per_mille;
+    b.late_per_mille = spec.late_per_mille;
     let mut invalid_budget = 0u32;
     let mut bad_kind = 0usize;
     for d in from..to {
@@ -415,17 +456,17 @@ fn devices(
         let mut t = made + b.rng.gen_range(3_600_000..3 * DAY_MS);
         if b.rng.gen_range(0..100) < 75 && t < end {
             for idx in pair {
-                b.change(idx, CertificateStatus::InUse, "commissioned", t);
+                b.change_maybe_late(idx, CertificateStatus::InUse, "commissioned", t);
             }
             t += b.rng.gen_range(DAY_MS / 2..4 * DAY_MS);
             if b.rng.gen_range(0..100) < 8 && t < end {
                 for idx in pair {
-                    b.change(idx, CertificateStatus::NotInUse, "decommissioned", t);
+                    b.change_maybe_late(idx, CertificateStatus::NotInUse, "decommissioned", t);
                 }
                 t += b.rng.gen_range(DAY_MS / 2..3 * DAY_MS);
                 if b.rng.gen_range(0..100) < 40 && t < end {
                     for idx in pair {
-                        b.change(idx, CertificateStatus::InUse, "recommissioned", t);
+                        b.change_maybe_late(idx, CertificateStatus::InUse, "recommissioned", t);
                     }
                 }
             }
@@ -433,21 +474,27 @@ fn devices(
         if b.rng.gen_range(0..1000) < 5 {
             let when = t + b.rng.gen_range(0..DAY_MS);
             let which = pair[b.rng.gen_range(0..2)];
-            b.change(which, CertificateStatus::Revoked, "key compromise", when);
+            if when < end {
+                b.change(which, CertificateStatus::Revoked, "key compromise", when);
+            }
         }
 
         invalid_budget +=
             spec.invalid_per_mille * (b.certs[pair[0]].events + b.certs[pair[1]].events);
         while invalid_budget >= 1000 {
             invalid_budget -= 1000;
-            let at = made + b.rng.gen_range(0..span_ms);
+            let at = (made + b.rng.gen_range(0..span_ms)).min(end - 2);
             let last = b.records[first_record..]
                 .iter()
                 .map(|r| r.emit_ms)
                 .max()
                 .unwrap_or(at);
-            bad_event(&mut b, bad_kind, pair, at.max(last) + 1)?;
-            bad_kind += 1;
+            // After everything else of the device (so its expected status is known), and
+            // within the history's days; a device whose records end later gets none.
+            if at.max(last) + 2 < end {
+                bad_event(&mut b, bad_kind, pair, at.max(last) + 1)?;
+                bad_kind += 1;
+            }
         }
     }
     Ok(b.finish())
@@ -480,6 +527,7 @@ fn bad_event(b: &mut Builder, kind: usize, pair: [usize; 2], at: i64) -> Result<
                 key: String::new(),
                 status: CertificateStatus::InUse,
                 events: 0,
+                last_emit: i64::MIN,
             };
             let ghost_key = record_key(&ghost.issuer, &ghost.serial);
             let id = b.event_id();

@@ -90,6 +90,9 @@ pub fn run_args(bootstrap: &str, topic: &str, group: &str, store: &Path) -> Vec<
         group.into(),
         "--store".into(),
         store.to_str().unwrap().into(),
+        // Files of closed days go beside the store, never into the working directory.
+        "--output-dir".into(),
+        store.with_extension("out").to_str().unwrap().into(),
         "-X".into(),
         "session.timeout.ms=6000".into(),
         "-X".into(),
