@@ -277,6 +277,7 @@ fn main() {
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic("certs", mock_partitions).unwrap();
     kafka.create_topic("certs.dlq", 1).unwrap();
+    kafka.create_topic("certs.closes", 1).unwrap();
     output::produce(
         &h.records,
         &rdkafka::ClientConfig::new()
@@ -312,8 +313,10 @@ fn main() {
             &[
                 rdkafka::admin::NewTopic::new("certs", 6, fixed()),
                 rdkafka::admin::NewTopic::new("certs.dlq", 1, fixed()),
+                rdkafka::admin::NewTopic::new("certs.closes", 1, fixed()),
                 rdkafka::admin::NewTopic::new("clean", 6, fixed()),
                 rdkafka::admin::NewTopic::new("clean.dlq", 1, fixed()),
+                rdkafka::admin::NewTopic::new("clean.closes", 1, fixed()),
             ],
             &rdkafka::admin::AdminOptions::new(),
         ))

@@ -147,6 +147,9 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Dead-letter topic; empty means `<topic>.dlq`.
     pub dead_letter_topic: String,
+    /// Close-log topic (compacted: when each day closed, for replay); empty means
+    /// `<topic>.closes`.
+    pub closes_topic: String,
     /// Any further librdkafka properties (e.g. `security.protocol`, `ssl.ca.location`,
     /// `sasl.mechanism`), applied to every client this service creates.
     pub properties: BTreeMap<String, String>,
@@ -159,6 +162,7 @@ impl Default for KafkaConfig {
             topic: "smki.certificate-events".into(),
             group_id: "smki-extract".into(),
             dead_letter_topic: String::new(),
+            closes_topic: String::new(),
             properties: BTreeMap::new(),
         }
     }
@@ -171,6 +175,15 @@ impl KafkaConfig {
             format!("{}.dlq", self.topic)
         } else {
             self.dead_letter_topic.clone()
+        }
+    }
+
+    /// The close-log topic, defaulted from the events topic.
+    pub fn closes_topic(&self) -> String {
+        if self.closes_topic.is_empty() {
+            format!("{}.closes", self.topic)
+        } else {
+            self.closes_topic.clone()
         }
     }
 
@@ -310,6 +323,7 @@ impl Config {
         set(&mut self.kafka.topic, "SMKI_TOPIC");
         set(&mut self.kafka.group_id, "SMKI_GROUP_ID");
         set(&mut self.kafka.dead_letter_topic, "SMKI_DEAD_LETTER_TOPIC");
+        set(&mut self.kafka.closes_topic, "SMKI_CLOSES_TOPIC");
         set(&mut self.ingest.time_zone, "SMKI_TIME_ZONE");
         set(&mut self.log.format, "SMKI_LOG_FORMAT");
         if let Some(v) = env("SMKI_STORE_PATH") {
@@ -383,6 +397,10 @@ impl Config {
         }
         if self.kafka.dead_letter_topic() == self.kafka.topic {
             bail!("the dead-letter topic must differ from the events topic");
+        }
+        let closes = self.kafka.closes_topic();
+        if closes == self.kafka.topic || closes == self.kafka.dead_letter_topic() {
+            bail!("the close-log topic must differ from the events and dead-letter topics");
         }
         if self.kafka.group_id.is_empty() {
             bail!("kafka.group_id must not be empty");

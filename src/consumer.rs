@@ -24,6 +24,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
+use crate::closelog::CloseLog;
 use crate::config::Config;
 use crate::deadletter::KafkaDeadLetters;
 use crate::extract::publish::ManifestEntry;
@@ -331,6 +332,10 @@ pub fn run(
 ) -> Result<RunSummary> {
     let window = config.window_config()?;
     let store = Arc::new(Store::open(&config.store.path, &config.kafka.topic)?);
+    // Every close is durable in the close log before its files are written.
+    let close_log = CloseLog::new(&config.kafka.client_config(), &config.kafka.closes_topic())?;
+    close_log.check_exists(Duration::from_secs(30))?;
+    close_log.catch_up(&store)?;
     let publication = PublicationWorker::start(
         store.clone(),
         &config.output.dir,
@@ -432,15 +437,24 @@ pub fn run(
             }
         }
         // The window clock: wall-clock rules, then any day closed goes to publication.
-        let closed = {
+        let (closed, written) = {
             let mut ing = ctx.ingestor();
             if let Err(e) = ing.tick(now_ms()) {
                 break Err(e);
             }
-            ing.take_closed()
+            (ing.take_closed(), ing.take_written_by_close())
         };
-        if !closed.is_empty() {
+        for c in &written {
+            ctx.note_committed(c);
+        }
+        if let Some(last) = closed.last() {
             days_closed += closed.len() as u64;
+            if let Err(e) = close_log
+                .append(&closed)
+                .and_then(|()| ctx.ingestor().store().set_close_log_mark(last.day))
+            {
+                break Err(e);
+            }
             publication.notify();
         }
         // Write what is ready; wait only when too many batches are queued behind slow

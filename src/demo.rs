@@ -59,6 +59,7 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     config.output.dir = opts.dir.join("output");
     kafka.create_topic(&config.kafka.topic, opts.partitions)?;
     kafka.create_topic(&config.kafka.dead_letter_topic(), 1)?;
+    kafka.create_topic(&config.kafka.closes_topic(), 1)?;
     println!(
         "embedded Kafka on {} — topic {} ({} partitions)",
         config.kafka.bootstrap_servers, config.kafka.topic, opts.partitions

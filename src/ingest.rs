@@ -251,6 +251,8 @@ pub struct Ingestor<S: DeadLetterSink> {
     close_check: bool,
     /// Days closed and recorded, not yet taken by the publisher.
     closed: Vec<DayClose>,
+    /// Batches written by a day close (not by the caller), not yet reported to the caller.
+    written_by_close: Vec<Committed>,
 }
 
 /// Bound of the issuer cache (bad input could carry any number of issuers).
@@ -290,6 +292,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
             any_closed: last_closed.is_some(),
             close_check: false,
             closed: Vec::new(),
+            written_by_close: Vec::new(),
         })
     }
 
@@ -368,6 +371,12 @@ impl<S: DeadLetterSink> Ingestor<S> {
         std::mem::take(&mut self.closed)
     }
 
+    /// Batches a day close wrote on its own (it writes everything consumed first) since the
+    /// last call: the caller reports their offsets as it does for its own commits.
+    pub fn take_written_by_close(&mut self) -> Vec<Committed> {
+        std::mem::take(&mut self.written_by_close)
+    }
+
     /// Every partition of the topic is known and assigned here.
     fn all_partitions_here(&self) -> bool {
         self.topic_partitions
@@ -399,7 +408,9 @@ impl<S: DeadLetterSink> Ingestor<S> {
             if !closed_everywhere {
                 break;
             }
-            self.commit()?;
+            if let Some(c) = self.commit()? {
+                self.written_by_close.push(c);
+            }
             let mut batch = StoreBatch::default();
             let mut close = DayClose {
                 day,

@@ -3,6 +3,7 @@
 //! below has one job.
 
 pub mod certificate;
+pub mod closelog;
 pub mod config;
 pub mod consumer;
 pub mod contract;

@@ -359,7 +359,8 @@ fn gen(args: GenArgs) -> Result<()> {
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
-    let store = Store::open(&args.store, &args.topic)?;
+    // Read-only: an operator may look at the store of a running service.
+    let store = Store::open_read_only(&args.store, &args.topic)?;
     if args.records {
         for item in store.certificates() {
             let (_, rec) = item?;

@@ -54,6 +54,7 @@ const CF_OFFSETS: &str = "offsets";
 const META_FORMAT: &[u8] = b"format_version";
 const META_TOPIC: &[u8] = b"topic";
 const META_FIRST_DAY: &[u8] = b"first_day";
+const META_CLOSE_LOG_MARK: &[u8] = b"close_log_mark";
 
 /// Key of a certificate within the store: partition, issuer hash and length-prefixed serial.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -435,6 +436,30 @@ impl Store {
                 ))
             })
             .transpose()
+    }
+
+    /// The newest day whose close the close-log topic has acknowledged.
+    pub fn close_log_mark(&self) -> Result<Option<u32>> {
+        self.db
+            .get_cf(self.cf(CF_META), META_CLOSE_LOG_MARK)?
+            .map(|v| {
+                Ok(u32::from_be_bytes(
+                    v.as_slice().try_into().context("corrupt close-log mark")?,
+                ))
+            })
+            .transpose()
+    }
+
+    /// Record that the close log holds every close up to `day`.
+    pub fn set_close_log_mark(&self, day: u32) -> Result<()> {
+        self.db
+            .put_cf_opt(
+                self.cf(CF_META),
+                META_CLOSE_LOG_MARK,
+                day.to_be_bytes(),
+                &self.write_opts,
+            )
+            .context("writing the close-log mark")
     }
 
     /// Every recorded day close, in day order.

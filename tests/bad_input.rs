@@ -233,6 +233,7 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic("certs", 1).unwrap();
     kafka.create_topic("certs.dlq", 1).unwrap();
+    kafka.create_topic("certs.closes", 1).unwrap();
     let mut config = Config::default();
     config.kafka.bootstrap_servers = kafka.bootstrap_servers();
     config.kafka.topic = "certs".into();

@@ -56,6 +56,7 @@ fn pipeline(h: &history::History, gzip_threads: usize) -> Run {
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic("certs", 4).unwrap();
     kafka.create_topic("certs.dlq", 1).unwrap();
+    kafka.create_topic("certs.closes", 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.kafka.bootstrap_servers = kafka.bootstrap_servers();

@@ -21,6 +21,7 @@ use smki_extract::store::Store;
 /// Configuration for topic `certs` on `kafka`, with a store in `dir`.
 fn mock_config(kafka: &EmbeddedKafka, dir: &std::path::Path, group: &str) -> Config {
     kafka.create_topic("certs.dlq", 1).unwrap();
+    kafka.create_topic("certs.closes", 1).unwrap();
     let mut config = Config::default();
     config.kafka.bootstrap_servers = kafka.bootstrap_servers();
     config.kafka.topic = "certs".into();

@@ -42,6 +42,7 @@ fn build_store(dir: &Path) -> Config {
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic("certs", 4).unwrap();
     kafka.create_topic("certs.dlq", 1).unwrap();
+    kafka.create_topic("certs.closes", 1).unwrap();
     let mut config = Config::default();
     config.kafka.bootstrap_servers = kafka.bootstrap_servers();
     config.kafka.topic = "certs".into();

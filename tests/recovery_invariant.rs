@@ -314,7 +314,6 @@ fn history(pool: &Pool, rng: &mut ChaCha20Rng) -> History {
     History { events, model }
 }
 
-
 /// Feed a history through the real pipeline, as a consumer would see it: per partition in
 /// offset order, partitions interleaved by when the (possibly lagging) consumer reads them.
 /// `on_close` is called with each day as soon as it closes (the service publishes then).

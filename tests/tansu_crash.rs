@@ -20,7 +20,7 @@ fn sigkill_at_random_instants_loses_nothing_and_applies_nothing_twice() {
     assert!(total >= 200_000, "the history has only {total} records");
 
     let tansu = Tansu::start();
-    tansu.create_topics(&["certs:4", "certs.dlq:1"]);
+    tansu.create_topics(&["certs:4", "certs.dlq:1", "certs.closes:1"]);
     tansu.produce_file("certs", &events);
 
     let store = dir.path().join("store");
