@@ -66,6 +66,9 @@ struct ConfigArgs {
     /// Any librdkafka property, as key=value (repeatable), e.g. -X security.protocol=SSL.
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     properties: Vec<String>,
+    /// Serve /metrics, /healthz and /readyz on host:port ("" disables).
+    #[arg(long)]
+    http_address: Option<String>,
 }
 
 impl ConfigArgs {
@@ -78,6 +81,7 @@ impl ConfigArgs {
             store_path: self.store.clone(),
             time_zone: self.time_zone.clone(),
             properties: self.properties.clone(),
+            http_address: self.http_address.clone(),
         };
         Config::load(self.config.as_deref(), |k| std::env::var(k).ok(), &flags)
     }
@@ -197,6 +201,8 @@ fn real_main(cli: Cli) -> Result<()> {
                 signal_hook::flag::register(sig, stop.clone())
                     .context("installing signal handler")?;
             }
+            let metrics = Metrics::new();
+            let _http = smki_extract::http::serve_configured(&config.http, &metrics)?;
             consumer::run(
                 &config,
                 stop,
@@ -204,7 +210,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     stop_at_end: args.stop_at_end,
                     end_grace: Duration::from_millis(args.end_grace_ms),
                 },
-                Metrics::new(),
+                metrics,
             )?;
             Ok(())
         }

@@ -39,6 +39,8 @@ const CF_CHANGES: &str = "changes";
 const CF_OFFSETS: &str = "offsets";
 const META_FORMAT: &[u8] = b"format_version";
 const META_TOPIC: &[u8] = b"topic";
+/// Every column family of the store (the `cf` label of the RocksDB metrics).
+pub const COLUMN_FAMILIES: [&str; 5] = [CF_META, CF_CERTS, CF_BODIES, CF_CHANGES, CF_OFFSETS];
 
 /// Key of a certificate within the store: partition, issuer hash and serial.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -363,8 +365,18 @@ impl Store {
 
     /// Count certificates by type and status (a full scan).
     pub fn census(&self) -> Result<Census> {
+        Ok(self.census_while(|| true)?.expect("never interrupted"))
+    }
+
+    /// [`Store::census`] that asks `go_on` every few thousand records whether to continue
+    /// (`None` when told to stop): the metrics census runs in the background and must not
+    /// hold a closing store open for the length of a 100-million-record scan.
+    pub fn census_while(&self, mut go_on: impl FnMut() -> bool) -> Result<Option<Census>> {
         let mut out = Census::new();
-        for item in self.certificates() {
+        for (i, item) in self.certificates().enumerate() {
+            if i % 4096 == 0 && !go_on() {
+                return Ok(None);
+            }
             let (_, rec) = item?;
             let t = StoredType::try_from(rec.certificate_type)
                 .map(|t| {
@@ -378,7 +390,13 @@ impl Store {
                 .unwrap_or_else(|_| "?".into());
             *out.entry((t, s)).or_default() += 1;
         }
-        Ok(out)
+        Ok(Some(out))
+    }
+
+    /// An integer property of one column family (metrics), e.g. `rocksdb.live-sst-files-size`.
+    pub fn property_int_of(&self, column_family: &str, name: &str) -> Option<u64> {
+        let cf = self.db.cf_handle(column_family)?;
+        self.db.property_int_value_cf(cf, name).ok().flatten()
     }
 
     /// RocksDB's own estimate of a property (metrics), e.g. `rocksdb.estimate-num-keys`.

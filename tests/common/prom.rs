@@ -196,18 +196,23 @@ impl Prometheus {
             addr,
             _dir: dir,
         };
-        wait_for("Prometheus to be ready", Duration::from_secs(60), || {
-            match try_get(&p.addr, "/-/ready") {
+        wait_for(
+            "Prometheus to be ready",
+            Duration::from_secs(60),
+            || match try_get(&p.addr, "/-/ready") {
                 Some((200, _)) => Ok(()),
                 other => Err(other),
-            }
-        });
+            },
+        );
         p
     }
 
     /// Evaluate an instant query; `Err` carries Prometheus's error (e.g. bad PromQL).
     pub fn try_query(&self, q: &str) -> Result<Vec<Sample>, String> {
-        let (status, body) = get(&self.addr, &format!("/api/v1/query?query={}", url_encode(q)));
+        let (status, body) = get(
+            &self.addr,
+            &format!("/api/v1/query?query={}", url_encode(q)),
+        );
         let v: serde_json::Value =
             serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
         if v["status"] != "success" {
@@ -230,7 +235,8 @@ impl Prometheus {
 
     /// Evaluate an instant query that must succeed.
     pub fn query(&self, q: &str) -> Vec<Sample> {
-        self.try_query(q).unwrap_or_else(|e| panic!("query failed: {e}"))
+        self.try_query(q)
+            .unwrap_or_else(|e| panic!("query failed: {e}"))
     }
 
     /// The single value of a query (which must give exactly one sample).
