@@ -314,9 +314,24 @@ fn ours(
 fn metrics_cost(file: &Path, dir: &Path, h: &history::History) {
     let rounds = env_usize("BENCH_ROUNDS", 2);
     let (mut a_off, mut a_on) = (Vec::new(), Vec::new());
+    // Which mode goes first alternates between rounds, so that neither gains from order
+    // (a warmer page cache, a quieter machine).
+    let order = |round: usize| {
+        if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        }
+    };
     for round in 0..rounds {
-        a_off.push(bench_pipeline(file, dir, false, round));
-        a_on.push(bench_pipeline(file, dir, true, round));
+        for on in order(round) {
+            let rate = bench_pipeline(file, dir, on, round);
+            if on {
+                a_on.push(rate)
+            } else {
+                a_off.push(rate)
+            }
+        }
     }
     let partitions = 32;
     let kafka = EmbeddedKafka::start(1).unwrap();
@@ -327,7 +342,7 @@ fn metrics_cost(file: &Path, dir: &Path, h: &history::History) {
     output::produce(&h.records, &cc, "certs", |_| {}).unwrap();
     let (mut b_off, mut b_on) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        for on in [false, true] {
+        for on in order(round) {
             let label = format!("b-{}-{round}", if on { "on" } else { "off" });
             let (rate, rss, scrapes) = ours(&label, &kafka.bootstrap_servers(), "certs", dir, on);
             println!(

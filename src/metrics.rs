@@ -437,6 +437,13 @@ impl Default for Metrics {
     }
 }
 
+/// The value of one sample, `name{labels}` exactly as exposed (labels in name order), in a
+/// text exposition such as [`Metrics::render`] gives: for tests and reports.
+pub fn exposed_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Start of `day` in `tz`, Unix seconds.
 fn day_start_seconds(tz: Tz, day: NaiveDate) -> f64 {
     crate::day::start_of_day_millis(tz, day) as f64 / 1000.0
@@ -489,11 +496,7 @@ impl Collector for EventTimeLag {
 mod tests {
     use super::*;
 
-    /// The value of the sample `series` (name plus labels as printed) in `text`.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
+    use super::exposed_value as sample;
 
     #[test]
     fn every_family_is_present_from_the_start() {

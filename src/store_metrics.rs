@@ -215,12 +215,8 @@ fn census_loop(
 mod tests {
     use super::*;
     use crate::contract::{CertificateRecord, CertificateStatus, StoredType};
+    use crate::metrics::exposed_value as value;
     use crate::store::{CertKey, StoreBatch};
-
-    fn value(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
 
     #[test]
     fn census_and_rocksdb_figures_while_observed_and_nothing_after() {

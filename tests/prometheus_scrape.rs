@@ -25,7 +25,7 @@ use smki_extract::config::Config;
 use smki_extract::consumer::{self, RunOptions};
 use smki_extract::gen::{history, output};
 use smki_extract::ingest::Reason;
-use smki_extract::metrics::{FileKind, Metrics};
+use smki_extract::metrics::{exposed_value, FileKind, Metrics};
 use smki_extract::mock::EmbeddedKafka;
 
 #[path = "common/prom.rs"]
@@ -39,18 +39,23 @@ fn repo_file(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-fn workload() -> history::History {
-    let h = history::generate(&history::Spec {
-        seed: 11,
-        devices: 400,
-        days: 6,
+/// A generated history from 2026-10-20 (London), with bad and duplicate events per mille.
+fn history_of(seed: u64, devices: usize, days: u32, bad: u32, duplicates: u32) -> history::History {
+    history::generate(&history::Spec {
+        seed,
+        devices,
+        days,
         start: NaiveDate::from_ymd_opt(2026, 10, 20).unwrap(),
         tz: "Europe/London".parse().unwrap(),
-        invalid_per_mille: 30,
-        duplicate_per_mille: 20,
+        invalid_per_mille: bad,
+        duplicate_per_mille: duplicates,
         threads: 2,
     })
-    .unwrap();
+    .unwrap()
+}
+
+fn workload() -> history::History {
+    let h = history_of(11, 400, 6, 30, 20);
     assert!(
         h.expected.duplicates > 0,
         "the workload must hold duplicates"
@@ -409,17 +414,7 @@ fn the_binary_serves_health_readiness_and_metrics_and_stops_on_sigterm() {
     let kafka = EmbeddedKafka::start(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = mock_config(&kafka, dir.path());
-    let h = history::generate(&history::Spec {
-        seed: 3,
-        devices: 50,
-        days: 2,
-        start: NaiveDate::from_ymd_opt(2026, 10, 20).unwrap(),
-        tz: "Europe/London".parse().unwrap(),
-        invalid_per_mille: 0,
-        duplicate_per_mille: 0,
-        threads: 2,
-    })
-    .unwrap();
+    let h = history_of(3, 50, 2, 0, 0);
     output::produce(&h.records, &config.kafka.client_config(), "certs", |_| {}).unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_smki-extract"))

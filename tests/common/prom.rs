@@ -96,12 +96,6 @@ pub fn exposed_names(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The value of one sample (`name{labels}` exactly as exposed) in a text exposition.
-pub fn exposed_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Names of this service's metrics a PromQL expression reads (`smki_*`, `process_*`).
 pub fn promql_names(expr: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
