@@ -8,6 +8,12 @@
 //! (c) the same against a tansu broker process (when scripts/setup installed it, or
 //!     SMKI_TANSU names its binary).
 //!
+//! Metrics cost (issue 5): (a) and (b) run with metrics off (`http.address = ""`: counters
+//! only, no endpoint, no lag polling, no store census) and on (endpoint served, scraped every
+//! second — fifteen times the usual Prometheus rate —, lag polling, store census and
+//! scrape-time RocksDB figures), alternating `BENCH_ROUNDS` times (default 2).
+//! `BENCH_ONLY=metrics` runs just those.
+//!
 //! `cargo bench --bench ingest` (env: BENCH_EVENTS, default 1_000_000; BENCH_TANSU_EVENTS,
 //! default 200_000).
 
@@ -33,6 +39,58 @@ use smki_extract::store::Store;
 
 #[path = "../tests/common/tansu.rs"]
 mod tansu;
+
+#[path = "../tests/common/prom.rs"]
+mod prom;
+
+/// Metrics on: the endpoint of `metrics`, and a thread scraping it every second until dropped.
+struct Scraped {
+    _server: smki_extract::http::HttpServer,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Scraped {
+    fn start(metrics: &Metrics) -> Scraped {
+        let server =
+            smki_extract::http::HttpServer::start("127.0.0.1:0", metrics.clone(), 0).unwrap();
+        let addr = server.local_addr().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut scrapes = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (status, body) = prom::get(&addr, "/metrics");
+                    assert_eq!(status, 200);
+                    std::hint::black_box(body);
+                    scrapes += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                scrapes
+            })
+        };
+        Scraped {
+            _server: server,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop scraping; how many scrapes were served.
+    fn finish(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+fn mode(on: bool) -> &'static str {
+    if on {
+        "metrics on"
+    } else {
+        "metrics off"
+    }
+}
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -98,13 +156,26 @@ fn history_with(events: usize, seed: u64, invalid_per_mille: u32) -> history::Hi
     h
 }
 
-fn bench_pipeline(file: &Path, dir: &Path) {
-    let store = Arc::new(Store::open(&dir.join("a-store"), "certs").unwrap());
+/// (a); returns events per second.
+fn bench_pipeline(file: &Path, dir: &Path, metrics_on: bool, round: usize) -> f64 {
+    let store_dir = dir.join(format!("a-store-{metrics_on}-{round}"));
+    let store = Arc::new(Store::open(&store_dir, "certs").unwrap());
+    let metrics = Metrics::new();
+    let observed = metrics_on.then(|| {
+        (
+            smki_extract::store_metrics::StoreObserver::start(
+                &store,
+                &metrics,
+                Duration::from_secs(300),
+            ),
+            Scraped::start(&metrics),
+        )
+    });
     let mut ing = Ingestor::new(
         store,
         MemoryDeadLetters::default(),
         smki_extract::window::WindowConfig::new("Europe/London".parse().unwrap()),
-        Metrics::new(),
+        metrics,
     )
     .unwrap();
     let partitions = 6u32;
@@ -133,13 +204,18 @@ fn bench_pipeline(file: &Path, dir: &Path) {
     }
     ing.commit().unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let scrapes = observed.map(|(_, s)| s.finish()).unwrap_or(0);
     println!(
-        "(a) pipeline, no broker, streamed from the events file: {} events in {secs:.2}s = {:.0} events/s (one ingest thread), peak RSS {:.0} MB, dead letters {}",
+        "(a) pipeline, no broker, streamed from the events file, {}: {} events in {secs:.2}s = {:.0} events/s (one ingest thread), peak RSS {:.0} MB, dead letters {}, scrapes {scrapes}",
+        mode(metrics_on),
         n,
         n as f64 / secs,
         peak_rss_mb(),
         ing.sink().letters.len()
     );
+    drop(ing);
+    let _ = std::fs::remove_dir_all(&store_dir);
+    n as f64 / secs
 }
 
 /// Drain every partition of `topic` with a bare consumer, discarding records.
@@ -183,6 +259,24 @@ fn side_by_side(label: &str, bootstrap: &str, topic: &str, partitions: i32, dir:
     reset_peak_rss();
     let (n, bare) = bare_drain(bootstrap, topic, partitions);
     let bare_rss = peak_rss_mb();
+    let (ours_rate, ours_rss, _) = ours(label, bootstrap, topic, dir, false);
+    let bare_rate = n as f64 / bare.as_secs_f64();
+    println!(
+        "({label}) {n} records, {partitions} partitions: bare drain {bare_rate:.0}/s (peak RSS {bare_rss:.0} MB); \
+         smki-extract run {ours_rate:.0}/s (peak RSS {ours_rss:.0} MB); ratio {:.2}",
+        ours_rate / bare_rate
+    );
+}
+
+/// `consumer::run` over the whole topic with a fresh group and store: records per second
+/// of the busy period, peak RSS (MB) and scrapes served.
+fn ours(
+    label: &str,
+    bootstrap: &str,
+    topic: &str,
+    dir: &Path,
+    metrics_on: bool,
+) -> (f64, f64, usize) {
     let mut config = Config::default();
     config.kafka.bootstrap_servers = bootstrap.into();
     config.kafka.topic = topic.into();
@@ -193,7 +287,14 @@ fn side_by_side(label: &str, bootstrap: &str, topic: &str, partitions: i32, dir:
         .insert("session.timeout.ms".into(), "6000".into());
     config.store.path = dir.join(format!("store-{label}"));
     config.output.dir = dir.join(format!("output-{label}"));
+    config.http.address = if metrics_on {
+        "127.0.0.1:0".into()
+    } else {
+        String::new()
+    };
     reset_peak_rss();
+    let metrics = Metrics::new();
+    let scraped = metrics_on.then(|| Scraped::start(&metrics));
     let summary = consumer::run(
         &config,
         Arc::new(AtomicBool::new(false)),
@@ -202,17 +303,76 @@ fn side_by_side(label: &str, bootstrap: &str, topic: &str, partitions: i32, dir:
             end_grace: Duration::from_millis(500),
             simulated_now_ms: None,
         },
-        Metrics::new(),
+        metrics,
     )
     .unwrap();
-    let ours_rss = peak_rss_mb();
-    let bare_rate = n as f64 / bare.as_secs_f64();
-    let ours_rate = summary.consumed as f64 / summary.busy.as_secs_f64();
-    println!(
-        "({label}) {n} records, {partitions} partitions: bare drain {bare_rate:.0}/s (peak RSS {bare_rss:.0} MB); \
-         smki-extract run {ours_rate:.0}/s (peak RSS {ours_rss:.0} MB); ratio {:.2}",
-        ours_rate / bare_rate
-    );
+    let scrapes = scraped.map(Scraped::finish).unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&config.store.path);
+    (
+        summary.consumed as f64 / summary.busy.as_secs_f64(),
+        peak_rss_mb(),
+        scrapes,
+    )
+}
+
+/// Metrics on against off, alternating, for (a) and (b).
+fn metrics_cost(file: &Path, dir: &Path, h: &history::History) {
+    let rounds = env_usize("BENCH_ROUNDS", 2);
+    let (mut a_off, mut a_on) = (Vec::new(), Vec::new());
+    // Which mode goes first alternates between rounds, so that neither gains from order
+    // (a warmer page cache, a quieter machine).
+    let order = |round: usize| {
+        if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        }
+    };
+    for round in 0..rounds {
+        for on in order(round) {
+            let rate = bench_pipeline(file, dir, on, round);
+            if on {
+                a_on.push(rate)
+            } else {
+                a_off.push(rate)
+            }
+        }
+    }
+    let partitions = 32;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic("certs", partitions).unwrap();
+    kafka.create_topic("certs.dlq", 1).unwrap();
+    let mut cc = rdkafka::ClientConfig::new();
+    cc.set("bootstrap.servers", kafka.bootstrap_servers());
+    output::produce(&h.records, &cc, "certs", |_| {}).unwrap();
+    let (mut b_off, mut b_on) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for on in order(round) {
+            let label = format!("b-{}-{round}", if on { "on" } else { "off" });
+            let (rate, rss, scrapes) = ours(&label, &kafka.bootstrap_servers(), "certs", dir, on);
+            println!(
+                "(b) {} records from the mock cluster, {partitions} partitions, {}: {rate:.0} records/s, peak RSS {rss:.0} MB, scrapes {scrapes}",
+                h.records.len(),
+                mode(on)
+            );
+            if on {
+                b_on.push(rate)
+            } else {
+                b_off.push(rate)
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (label, off, on) in [("a", &mut a_off, &mut a_on), ("b", &mut b_off, &mut b_on)] {
+        let (off, on) = (median(off), median(on));
+        println!(
+            "metrics cost ({label}): off {off:.0}/s, on {on:.0}/s (medians of {rounds}): on/off = {:.3}",
+            on / off
+        );
+    }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -265,11 +425,17 @@ fn main() {
         println!("certificate::parse: {} in {:.2?}", ders.len(), t.elapsed());
         return;
     }
-    bench_pipeline(&file, dir.path());
+    if only == "metrics" {
+        let h = history_of(env_usize("BENCH_MOCK_EVENTS", 300_000), 3);
+        metrics_cost(&file, dir.path(), &h);
+        return;
+    }
+    bench_pipeline(&file, dir.path(), false, 0);
     if only == "a" {
         return;
     }
     let h = history_of(env_usize("BENCH_MOCK_EVENTS", 300_000), 3);
+    metrics_cost(&file, dir.path(), &h);
 
     // The mock cluster keeps at most 5 MB or 100k records per partition (older ones are
     // purged), so the topic has enough partitions to hold the whole history.

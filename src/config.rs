@@ -6,7 +6,8 @@
 //! `SMKI_BOOTSTRAP_SERVERS`, `SMKI_TOPIC`, `SMKI_GROUP_ID`, `SMKI_DEAD_LETTER_TOPIC`,
 //! `SMKI_STORE_PATH`, `SMKI_TIME_ZONE`, `SMKI_BATCH_MAX_RECORDS`, `SMKI_BATCH_MAX_MS`,
 //! `SMKI_LOG_FORMAT`, `SMKI_OUTPUT_DIR`, `SMKI_FULL_WEEKDAY`, `SMKI_GRACE_SECS`,
-//! `SMKI_IDLE_SECS`, `SMKI_DEADLINE_SECS`.
+//! `SMKI_IDLE_SECS`, `SMKI_DEADLINE_SECS`, `SMKI_CLOSES_TOPIC`, `SMKI_HTTP_ADDRESS`,
+//! `SMKI_HTTP_READY_MAX_LAG_RECORDS`, `SMKI_HTTP_STORE_CENSUS_INTERVAL_S`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ pub struct Config {
     pub output: OutputConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The observability endpoint (`/metrics`, `/healthz`, `/readyz`).
+    pub http: HttpConfig,
 }
 
 /// When days close (see [`crate::window`]); times in seconds.
@@ -252,6 +255,31 @@ impl Default for LogConfig {
     }
 }
 
+/// The observability endpoint (see [`crate::http`]).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to serve on; empty disables the endpoint and the metrics work behind it
+    /// (lag polling, store census).
+    pub address: String,
+    /// `/readyz` answers 503 while more records than this (summed over the assigned
+    /// partitions) are behind the head.
+    pub ready_max_lag_records: u64,
+    /// Seconds between two censuses of the store (`smki_store_certificates`): each is a
+    /// scan of every certificate record.
+    pub store_census_interval_s: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            address: "127.0.0.1:9464".into(),
+            ready_max_lag_records: 10_000,
+            store_census_interval_s: 300,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -261,6 +289,7 @@ impl Default for Config {
             window: WindowSettings::default(),
             output: OutputConfig::default(),
             log: LogConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -284,6 +313,8 @@ pub struct Overrides {
     pub output_dir: Option<PathBuf>,
     /// `-X key=value`, applied in order.
     pub properties: Vec<String>,
+    /// `--http-address`.
+    pub http_address: Option<String>,
 }
 
 impl Config {
@@ -354,6 +385,23 @@ impl Config {
                 .parse()
                 .with_context(|| format!("SMKI_BATCH_MAX_MS={v:?} is not a number"))?;
         }
+        set(&mut self.http.address, "SMKI_HTTP_ADDRESS");
+        for (target, name) in [
+            (
+                &mut self.http.ready_max_lag_records,
+                "SMKI_HTTP_READY_MAX_LAG_RECORDS",
+            ),
+            (
+                &mut self.http.store_census_interval_s,
+                "SMKI_HTTP_STORE_CENSUS_INTERVAL_S",
+            ),
+        ] {
+            if let Some(v) = env(name) {
+                *target = v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number"))?;
+            }
+        }
         Ok(())
     }
 
@@ -378,6 +426,9 @@ impl Config {
         }
         if let Some(v) = &f.output_dir {
             self.output.dir = v.clone();
+        }
+        if let Some(v) = &f.http_address {
+            self.http.address = v.clone();
         }
         for kv in &f.properties {
             let Some((k, v)) = kv.split_once('=') else {
@@ -407,6 +458,9 @@ impl Config {
         }
         if self.ingest.batch_max_records == 0 {
             bail!("ingest.batch_max_records must be at least 1");
+        }
+        if self.http.store_census_interval_s == 0 {
+            bail!("http.store_census_interval_s must be at least 1");
         }
         crate::day::parse_time_zone(&self.ingest.time_zone)?;
         self.output.full_weekday()?;
@@ -513,6 +567,7 @@ mod tests {
     #[test]
     fn defaults_are_sane() {
         let c = Config::load(None, |_| None, &Overrides::default()).unwrap();
+        assert_eq!(c.http.address, "127.0.0.1:9464");
         assert_eq!(c.kafka.dead_letter_topic(), "smki.certificate-events.dlq");
         assert_eq!(c.ingest.time_zone, "Europe/London");
         assert_eq!(c.output.full_weekday().unwrap(), chrono::Weekday::Sun);
@@ -522,5 +577,43 @@ mod tests {
             (600_000, 60_000, 7_200_000)
         );
         assert_eq!(c.output.retention().delta_days, 7);
+    }
+
+    #[test]
+    fn http_section_follows_the_same_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[http]\naddress = \"0.0.0.0:1\"\nready_max_lag_records = 5\nstore_census_interval_s = 9\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), |_| None, &Overrides::default()).unwrap();
+        assert_eq!(
+            (c.http.address.as_str(), c.http.ready_max_lag_records),
+            ("0.0.0.0:1", 5)
+        );
+        assert_eq!(c.http.store_census_interval_s, 9);
+        let env = |k: &str| match k {
+            "SMKI_HTTP_ADDRESS" => Some("0.0.0.0:2".to_string()),
+            "SMKI_HTTP_READY_MAX_LAG_RECORDS" => Some("6".to_string()),
+            _ => None,
+        };
+        let c = Config::load(Some(&file), env, &Overrides::default()).unwrap();
+        assert_eq!(
+            (c.http.address.as_str(), c.http.ready_max_lag_records),
+            ("0.0.0.0:2", 6)
+        );
+        let flags = Overrides {
+            http_address: Some(String::new()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&file), env, &flags).unwrap();
+        assert_eq!(c.http.address, "", "the flag wins (and may disable)");
+        let bad = Config::from_toml("[http]\nadress = \"x\"").unwrap_err();
+        assert!(format!("{bad:#}").contains("unknown field"));
+        let env = |k: &str| (k == "SMKI_HTTP_READY_MAX_LAG_RECORDS").then(|| "lots".to_string());
+        let err = Config::load(None, env, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("SMKI_HTTP_READY_MAX_LAG_RECORDS"));
     }
 }

@@ -29,9 +29,11 @@ use crate::config::Config;
 use crate::deadletter::KafkaDeadLetters;
 use crate::extract::publish::ManifestEntry;
 use crate::ingest::{Committed, Ingestor, RecordRef};
+use crate::lag::LagMonitor;
 use crate::metrics::Metrics;
 use crate::publication::{PublicationWorker, PublishSettings};
 use crate::store::Store;
+use crate::store_metrics::StoreObserver;
 
 /// How `run` ends besides a signal.
 #[derive(Clone, Debug, Default)]
@@ -340,7 +342,13 @@ pub fn run(
         store.clone(),
         &config.output.dir,
         PublishSettings::from_config(&config.output)?,
+        metrics.clone(),
     )?;
+    // Metrics work beyond plain counters only when there is an endpoint to show it.
+    let observe = !config.http.address.is_empty();
+    let census_every = Duration::from_secs(config.http.store_census_interval_s);
+    let _store_observer = observe.then(|| StoreObserver::start(&store, &metrics, census_every));
+    let mut lag = observe.then(|| LagMonitor::new(metrics.clone()));
     let dlq_topic = config.kafka.dead_letter_topic();
     let sink = KafkaDeadLetters::new(
         &config.kafka.client_config(),
@@ -476,6 +484,13 @@ pub fn run(
                 duplicates = metrics.events_duplicate.get(),
                 "progress"
             );
+        }
+        if let Some(lag) = lag.as_mut().filter(|l| l.due()) {
+            let assigned = ctx.assigned.lock().expect("not poisoned").clone();
+            let mut ing = ctx.ingestor();
+            lag.update(consumer.client(), &config.kafka.topic, &assigned, |p| {
+                ing.next_offset(p).ok().flatten()
+            });
         }
         if opts.stop_at_end {
             let assigned = ctx.assigned.lock().expect("not poisoned").clone();

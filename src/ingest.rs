@@ -271,6 +271,12 @@ impl<S: DeadLetterSink> Ingestor<S> {
             Some(d) => Some(d + 1),
             None => first_day,
         };
+        if let Some(d) = last_closed {
+            metrics.window_closed(window.tz, crate::day::date_of_day(d));
+        }
+        if let Some(d) = next_day {
+            metrics.window_opened(window.tz, crate::day::date_of_day(d));
+        }
         Ok(Ingestor {
             store,
             sink,
@@ -438,6 +444,10 @@ impl<S: DeadLetterSink> Ingestor<S> {
             self.closed.push(close);
             self.any_closed = true;
             self.next_day = Some(day + 1);
+            let tz = self.window.tz;
+            self.metrics.window_closed(tz, crate::day::date_of_day(day));
+            self.metrics
+                .window_opened(tz, crate::day::date_of_day(day + 1));
         }
         Ok(())
     }
@@ -559,6 +569,9 @@ impl<S: DeadLetterSink> Ingestor<S> {
         }
         for (p, clock) in self.clocks.iter_mut().filter(|(_, c)| c.dirty) {
             batch.put_clock(*p, &clock.state);
+            if let Some(wm) = clock.state.watermark_ms {
+                self.metrics.observe_event_time(*p, wm);
+            }
             clock.dirty = false;
         }
         let mut offsets: Vec<(i32, i64)> = open.offsets.into_iter().collect();

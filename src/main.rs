@@ -76,6 +76,9 @@ struct ConfigArgs {
     /// Any librdkafka property, as key=value (repeatable), e.g. -X security.protocol=SSL.
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     properties: Vec<String>,
+    /// Serve /metrics, /healthz and /readyz on host:port ("" disables).
+    #[arg(long)]
+    http_address: Option<String>,
 }
 
 impl ConfigArgs {
@@ -89,6 +92,7 @@ impl ConfigArgs {
             time_zone: self.time_zone.clone(),
             output_dir: self.output_dir.clone(),
             properties: self.properties.clone(),
+            http_address: self.http_address.clone(),
         };
         Config::load(self.config.as_deref(), |k| std::env::var(k).ok(), &flags)
     }
@@ -233,6 +237,8 @@ fn real_main(cli: Cli) -> Result<()> {
                 signal_hook::flag::register(sig, stop.clone())
                     .context("installing signal handler")?;
             }
+            let metrics = Metrics::new();
+            let _http = smki_extract::http::serve_configured(&config.http, &metrics)?;
             consumer::run(
                 &config,
                 stop,
@@ -241,7 +247,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     end_grace: Duration::from_millis(args.end_grace_ms),
                     simulated_now_ms: args.simulated_now.map(|t| t.timestamp_millis()),
                 },
-                Metrics::new(),
+                metrics,
             )?;
             Ok(())
         }

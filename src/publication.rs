@@ -27,6 +27,7 @@ use crate::extract::files;
 use crate::extract::gzip::GzOptions;
 use crate::extract::publish::{ManifestEntry, Publisher, Retention};
 use crate::extract::xml::ExtractKind;
+use crate::metrics::{FileKind, Metrics};
 use crate::store::Store;
 
 /// Settings of publication, resolved from [`OutputConfig`].
@@ -123,11 +124,13 @@ pub fn publish_one(
     })
 }
 
-/// Publish every due file the manifest does not list yet. Returns what was published.
+/// Publish every due file the manifest does not list yet, counting each in `metrics`.
+/// Returns what was published.
 pub fn publish_due(
     store: &Store,
     publisher: &mut Publisher,
     settings: &PublishSettings,
+    metrics: &Metrics,
 ) -> Result<Vec<ManifestEntry>> {
     let mut out = Vec::new();
     for due in files_that_should_exist(store, settings)? {
@@ -135,8 +138,21 @@ pub fn publish_due(
             continue;
         }
         let started = Instant::now();
-        let entry = publish_one(store, publisher, due.kind, due.day, settings.gzip)
-            .with_context(|| format!("publishing {}", due.kind.file_name(date_of_day(due.day))))?;
+        let kind = match due.kind {
+            ExtractKind::Delta => FileKind::Delta,
+            ExtractKind::Full => FileKind::Full,
+        };
+        let entry = match publish_one(store, publisher, due.kind, due.day, settings.gzip) {
+            Ok(e) => e,
+            Err(e) => {
+                metrics.file_publish_failed(kind);
+                return Err(e.context(format!(
+                    "publishing {}",
+                    due.kind.file_name(date_of_day(due.day))
+                )));
+            }
+        };
+        metrics.file_published(kind, entry.size, entry.records, started.elapsed());
         tracing::info!(
             file = %entry.name,
             records = entry.records,
@@ -170,6 +186,7 @@ impl PublicationWorker {
         store: Arc<Store>,
         output_dir: &std::path::Path,
         settings: PublishSettings,
+        metrics: Metrics,
     ) -> Result<PublicationWorker> {
         let mut publisher = Publisher::open(output_dir, settings.retention)?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -179,7 +196,8 @@ impl PublicationWorker {
                 let mut published = Vec::new();
                 let mut stop = false;
                 loop {
-                    let last_error = match publish_due(&store, &mut publisher, &settings) {
+                    let last_error = match publish_due(&store, &mut publisher, &settings, &metrics)
+                    {
                         Ok(done) => {
                             published.extend(done);
                             None

@@ -55,6 +55,11 @@ const META_FORMAT: &[u8] = b"format_version";
 const META_TOPIC: &[u8] = b"topic";
 const META_FIRST_DAY: &[u8] = b"first_day";
 const META_CLOSE_LOG_MARK: &[u8] = b"close_log_mark";
+/// Every column family of the store (the `cf` label of the RocksDB metrics).
+pub const COLUMN_FAMILIES: [&str; 9] = [
+    CF_META, CF_CERTS, CF_BODIES, CF_HISTORY, CF_CHANGES, CF_EXPIRY, CF_CLOCK, CF_CLOSES,
+    CF_OFFSETS,
+];
 
 /// Key of a certificate within the store: partition, issuer hash and length-prefixed serial.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -622,13 +627,29 @@ impl Store {
 
     /// Count current certificates by type and status (a full scan).
     pub fn census(&self) -> Result<Census> {
+        Ok(self.census_while(|| true)?.expect("never interrupted"))
+    }
+
+    /// [`Store::census`] that asks `go_on` every few thousand records whether to continue
+    /// (`None` when told to stop): the metrics census runs in the background and must not
+    /// hold a closing store open for the length of a 100-million-record scan.
+    pub fn census_while(&self, mut go_on: impl FnMut() -> bool) -> Result<Option<Census>> {
         let mut out = Census::new();
-        for item in self.certificates() {
+        for (i, item) in self.certificates().enumerate() {
+            if i % 4096 == 0 && !go_on() {
+                return Ok(None);
+            }
             let (_, rec) = item?;
             *out.entry((type_label(&rec), status_label(&rec)))
                 .or_default() += 1;
         }
-        Ok(out)
+        Ok(Some(out))
+    }
+
+    /// An integer property of one column family (metrics), e.g. `rocksdb.live-sst-files-size`.
+    pub fn property_int_of(&self, column_family: &str, name: &str) -> Option<u64> {
+        let cf = self.db.cf_handle(column_family)?;
+        self.db.property_int_value_cf(cf, name).ok().flatten()
     }
 
     /// RocksDB's own estimate of a property (metrics), e.g. `rocksdb.estimate-num-keys`.

@@ -113,6 +113,8 @@ pub fn spawn(args: &[String], log: &Path) -> Child {
         .args(args)
         .env("SMKI_LOG", "info,smki_extract::consumer=debug")
         .env("SMKI_BATCH_MAX_RECORDS", "500")
+        // Instances run side by side: each serves its endpoint on a free port.
+        .env("SMKI_HTTP_ADDRESS", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(f)
         .spawn()
