@@ -253,6 +253,8 @@ pub struct Ingestor<S: DeadLetterSink> {
     closed: Vec<DayClose>,
     /// Batches written by a day close (not by the caller), not yet reported to the caller.
     written_by_close: Vec<Committed>,
+    /// Replay: the original run's forced cuts still ahead, per partition in offset order.
+    cut_plan: BTreeMap<i32, VecDeque<(i64, u32, String)>>,
 }
 
 /// Bound of the issuer cache (bad input could carry any number of issuers).
@@ -299,6 +301,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
             close_check: false,
             closed: Vec::new(),
             written_by_close: Vec::new(),
+            cut_plan: BTreeMap::new(),
         })
     }
 
@@ -352,23 +355,79 @@ impl<S: DeadLetterSink> Ingestor<S> {
                 .collect();
             for cut in window::forced_cuts(&self.window, &clocks, next, now_ms) {
                 let offset = self.next_offset(cut.partition)?.unwrap_or(0);
-                let cfg = self.window;
-                let clock = self.clock_mut(cut.partition)?;
-                let before = clock.closed_through(&cfg);
-                if clock.force(&cfg, cut.through_day, offset, cut.rule) {
-                    self.expire(cut.partition, before + 1, cut.through_day)?;
-                    tracing::info!(
-                        partition = cut.partition,
-                        offset,
-                        through = %crate::day::date_of_day(cut.through_day),
-                        rule = cut.rule,
-                        "partition cut by the wall-clock rule"
-                    );
-                    self.close_check = true;
-                }
+                self.force_cut(cut.partition, cut.through_day, offset, cut.rule)?;
             }
         }
         self.close_ready_days()
+    }
+
+    /// Cut `partition` through `day` at `offset` (its next offset), expiring what the cut
+    /// closes.
+    fn force_cut(&mut self, partition: i32, day: u32, offset: i64, rule: &str) -> Result<()> {
+        let cfg = self.window;
+        let clock = self.clock_mut(partition)?;
+        let before = clock.closed_through(&cfg);
+        if clock.force(&cfg, day, offset, rule) {
+            self.expire(partition, before + 1, day)?;
+            tracing::info!(
+                partition,
+                offset,
+                through = %crate::day::date_of_day(day),
+                rule,
+                "partition cut by a wall-clock rule"
+            );
+            self.close_check = true;
+        }
+        Ok(())
+    }
+
+    /// Replay: cut where the original run cut, not by this run's wall clock. `closes` are the
+    /// original's day closes (from the close log); each forced cut they record is applied
+    /// when ingest reaches its offset on its partition. Call before the first record, and do
+    /// not call [`Self::tick`] during a replay.
+    pub fn plan_cuts(&mut self, closes: &BTreeMap<u32, DayClose>) {
+        let mut plan: BTreeMap<i32, BTreeMap<(i64, u32), String>> = BTreeMap::new();
+        for close in closes.values() {
+            for (p, cut) in &close.forced_cuts {
+                plan.entry(*p)
+                    .or_default()
+                    .insert((cut.offset, cut.through_day), cut.rule.clone());
+            }
+        }
+        self.cut_plan = plan
+            .into_iter()
+            .map(|(p, cuts)| {
+                let cuts = cuts.into_iter().map(|((o, d), r)| (o, d, r)).collect();
+                (p, cuts)
+            })
+            .collect();
+    }
+
+    /// Apply the planned cuts of `partition` at offsets up to `offset`.
+    fn apply_planned_cuts(&mut self, partition: i32, offset: i64) -> Result<()> {
+        while let Some((at, day, rule)) = self
+            .cut_plan
+            .get_mut(&partition)
+            .and_then(|cuts| cuts.front().filter(|c| c.0 <= offset).cloned())
+        {
+            self.cut_plan.get_mut(&partition).expect("some").pop_front();
+            self.force_cut(partition, day, at, &rule)?;
+        }
+        Ok(())
+    }
+
+    /// Replay reached the end of every partition, at `next_offsets`: apply the cuts planned
+    /// at those positions (the original cut there when it was caught up), close what closes
+    /// and write everything. Returns the planned cuts beyond the end (the topic was read
+    /// only up to a limit), which are left unapplied.
+    pub fn finish_replay(&mut self, next_offsets: &BTreeMap<i32, i64>) -> Result<usize> {
+        for (p, end) in next_offsets {
+            self.apply_planned_cuts(*p, *end)?;
+        }
+        self.close_check = true;
+        self.close_ready_days()?;
+        self.commit()?;
+        Ok(self.cut_plan.values().map(|c| c.len()).sum())
     }
 
     /// Days closed everywhere (and recorded in the store) since the last call, in order:
@@ -501,6 +560,9 @@ impl<S: DeadLetterSink> Ingestor<S> {
                 self.metrics.records_skipped.inc();
                 return Ok(Outcome::AlreadyApplied);
             }
+        }
+        if !self.cut_plan.is_empty() {
+            self.apply_planned_cuts(rec.partition, rec.offset)?;
         }
         let outcome = match self.apply(rec)? {
             Ok(true) => {

@@ -20,6 +20,7 @@ pub mod lag;
 pub mod metrics;
 pub mod mock;
 pub mod publication;
+pub mod replay;
 pub mod store;
 pub mod store_metrics;
 pub mod window;

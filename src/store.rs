@@ -55,6 +55,7 @@ const META_FORMAT: &[u8] = b"format_version";
 const META_TOPIC: &[u8] = b"topic";
 const META_FIRST_DAY: &[u8] = b"first_day";
 const META_CLOSE_LOG_MARK: &[u8] = b"close_log_mark";
+const META_REPLAY_INCOMPLETE: &[u8] = b"replay_incomplete";
 /// Every column family of the store (the `cf` label of the RocksDB metrics).
 pub const COLUMN_FAMILIES: [&str; 9] = [
     CF_META, CF_CERTS, CF_BODIES, CF_HISTORY, CF_CHANGES, CF_EXPIRY, CF_CLOCK, CF_CLOSES,
@@ -296,7 +297,65 @@ impl Store {
             write_opts: WriteOptions::default(),
         };
         store.check_or_init_meta(topic, true)?;
+        store.refuse_incomplete_replay()?;
         Ok(store)
+    }
+
+    /// Open a new store for `replay` into `path`, which must be empty or absent: the bulk-load
+    /// path — writes skip the WAL (the topic is the log; a replay that dies is started over).
+    /// The store is marked incomplete until [`Store::finish_bulk_load`], and refused by
+    /// [`Store::open`] while it is.
+    pub fn open_for_replay(path: &Path, topic: &str) -> Result<Store> {
+        if path.exists() && std::fs::read_dir(path)?.next().is_some() {
+            bail!(
+                "replay needs an empty directory; {} is not empty",
+                path.display()
+            );
+        }
+        let mut store = Store::open(path, topic)?;
+        store
+            .db
+            .put_cf(store.cf(CF_META), META_REPLAY_INCOMPLETE, b"1")
+            .context("marking the store as being replayed")?;
+        store.db.flush_cf(store.cf(CF_META))?;
+        store.write_opts.disable_wal(true);
+        Ok(store)
+    }
+
+    /// End the bulk load: flush every column family to SST files, compact them, clear the
+    /// incomplete mark (through the WAL) and go back to normal writes.
+    pub fn finish_bulk_load(&mut self) -> Result<()> {
+        for name in [
+            CF_META, CF_CERTS, CF_BODIES, CF_HISTORY, CF_CHANGES, CF_EXPIRY, CF_CLOCK, CF_CLOSES,
+            CF_OFFSETS,
+        ] {
+            let cf = self.cf(name);
+            self.db
+                .flush_cf(cf)
+                .with_context(|| format!("flushing column family {name}"))?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        self.write_opts = WriteOptions::default();
+        self.db
+            .delete_cf_opt(self.cf(CF_META), META_REPLAY_INCOMPLETE, &self.write_opts)
+            .context("clearing the replay mark")?;
+        self.db.flush_cf(self.cf(CF_META))?;
+        Ok(())
+    }
+
+    fn refuse_incomplete_replay(&self) -> Result<()> {
+        if self
+            .db
+            .get_cf(self.cf(CF_META), META_REPLAY_INCOMPLETE)?
+            .is_some()
+        {
+            bail!(
+                "state store {} is an unfinished replay (it stopped before the end): delete the \
+                 directory and run `smki-extract replay` again",
+                self.path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Open an existing store read-only, e.g. to write a file on demand while the service
