@@ -382,6 +382,32 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// `replay` of the same topic into an empty store (bulk load: WAL off, flush and compaction
+/// at the end), next to `run`'s rate printed just before it.
+fn replay_rate(bootstrap: &str, topic: &str, dir: &Path) {
+    let mut config = Config::default();
+    config.kafka.bootstrap_servers = bootstrap.into();
+    config.kafka.topic = topic.into();
+    config.store.path = dir.join("store-replay");
+    reset_peak_rss();
+    let s = smki_extract::replay::replay(
+        &config,
+        &smki_extract::replay::ReplayLimits::default(),
+        Metrics::new(),
+    )
+    .unwrap();
+    println!(
+        "(r) replay of the same {} records into an empty store: {:.0}/s while reading \
+         ({:.1} s), {:.0}/s including the final flush and compaction ({:.1} s); peak RSS {:.0} MB",
+        s.records,
+        s.records as f64 / s.ingest_time.as_secs_f64(),
+        s.ingest_time.as_secs_f64(),
+        s.records as f64 / s.total_time.as_secs_f64(),
+        s.total_time.as_secs_f64(),
+        peak_rss_mb()
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -460,6 +486,7 @@ fn main() {
         mock_partitions,
         dir.path(),
     );
+    replay_rate(&kafka.bootstrap_servers(), "certs", dir.path());
     drop(kafka);
     drop(h);
 

@@ -17,10 +17,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use prost::Message;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::contract::DayClose;
 use crate::day::date_of_day;
@@ -121,57 +119,19 @@ pub fn read_all(
     topic: &str,
     timeout: Duration,
 ) -> Result<BTreeMap<u32, DayClose>> {
-    let mut config = config.clone();
-    config
-        .set("group.id", "smki-extract-close-log-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
-    struct QuietEof;
-    impl ClientContext for QuietEof {
-        fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-            crate::consumer::log_client_error(error, reason);
-        }
-    }
-    impl rdkafka::consumer::ConsumerContext for QuietEof {}
-    let consumer: BaseConsumer<QuietEof> = config
-        .create_with_context(QuietEof)
-        .context("creating the close-log reader")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("metadata of {topic}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        bail!("close-log topic {topic} does not exist (create it: compacted, 1 partition)");
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let mut remaining: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
-    let deadline = std::time::Instant::now() + timeout;
     let mut out = BTreeMap::new();
-    while !remaining.is_empty() {
-        if std::time::Instant::now() > deadline {
-            bail!("timed out reading {topic}: partitions {remaining:?} not at their end");
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let close = DayClose::decode(m.payload().unwrap_or_default())
-                    .with_context(|| format!("{topic} offset {}: not a DayClose", m.offset()))?;
-                out.insert(close.day, close);
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                remaining.remove(&p);
-            }
-            Some(Err(e)) => bail!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
+    crate::topic_reader::read_to_end(
+        config,
+        topic,
+        "smki-extract-close-log-reader",
+        timeout,
+        |m| {
+            let close = DayClose::decode(m.payload().unwrap_or_default())
+                .with_context(|| format!("{topic} offset {}: not a DayClose", m.offset()))?;
+            out.insert(close.day, close);
+            Ok(())
+        },
+    )
+    .with_context(|| format!("reading the close log (create {topic}: 1 partition, compacted)"))?;
     Ok(out)
 }

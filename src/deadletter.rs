@@ -333,74 +333,29 @@ pub fn read_all(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<OwnedDeadLetter>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
-    use rdkafka::{Offset, TopicPartitionList};
-
-    let mut config = config.clone();
-    config
-        .set("group.id", "smki-extract-dlq-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
-    struct QuietEof;
-    impl ClientContext for QuietEof {
-        fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-            crate::consumer::log_client_error(error, reason);
-        }
-    }
-    impl rdkafka::consumer::ConsumerContext for QuietEof {}
-    let consumer: BaseConsumer<QuietEof> = config
-        .create_with_context(QuietEof)
-        .context("creating the dead-letter reader")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("metadata of {topic}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let mut remaining: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
-    let deadline = std::time::Instant::now() + timeout;
     let mut out = Vec::new();
-    while !remaining.is_empty() {
-        if std::time::Instant::now() > deadline {
-            bail!("timed out reading {topic}: partitions {remaining:?} not at their end");
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let mut letter = OwnedDeadLetter {
-                    partition: -1,
-                    offset: -1,
-                    reason: String::new(),
-                    detail: String::new(),
-                };
-                if let Some(h) = m.headers() {
-                    for header in h.iter() {
-                        let v =
-                            String::from_utf8_lossy(header.value.unwrap_or_default()).to_string();
-                        match header.key {
-                            headers::REASON => letter.reason = v,
-                            headers::DETAIL => letter.detail = v,
-                            headers::ORIGIN_PARTITION => letter.partition = v.parse().unwrap_or(-1),
-                            headers::ORIGIN_OFFSET => letter.offset = v.parse().unwrap_or(-1),
-                            _ => {}
-                        }
-                    }
+    crate::topic_reader::read_to_end(config, topic, "smki-extract-dlq-reader", timeout, |m| {
+        let mut letter = OwnedDeadLetter {
+            partition: -1,
+            offset: -1,
+            reason: String::new(),
+            detail: String::new(),
+        };
+        if let Some(h) = m.headers() {
+            for header in h.iter() {
+                let v = String::from_utf8_lossy(header.value.unwrap_or_default()).to_string();
+                match header.key {
+                    headers::REASON => letter.reason = v,
+                    headers::DETAIL => letter.detail = v,
+                    headers::ORIGIN_PARTITION => letter.partition = v.parse().unwrap_or(-1),
+                    headers::ORIGIN_OFFSET => letter.offset = v.parse().unwrap_or(-1),
+                    _ => {}
                 }
-                out.push(letter);
             }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                remaining.remove(&p);
-            }
-            Some(Err(e)) => bail!("reading {topic}: {e}"),
-            None => {}
         }
-    }
+        out.push(letter);
+        Ok(())
+    })?;
     Ok(out)
 }

@@ -23,4 +23,5 @@ pub mod publication;
 pub mod replay;
 pub mod store;
 pub mod store_metrics;
+pub mod topic_reader;
 pub mod window;

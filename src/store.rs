@@ -325,21 +325,26 @@ impl Store {
     /// End the bulk load: flush every column family to SST files, compact them, clear the
     /// incomplete mark (through the WAL) and go back to normal writes.
     pub fn finish_bulk_load(&mut self) -> Result<()> {
-        for name in [
-            CF_META, CF_CERTS, CF_BODIES, CF_HISTORY, CF_CHANGES, CF_EXPIRY, CF_CLOCK, CF_CLOSES,
-            CF_OFFSETS,
-        ] {
+        self.flush_and_compact()?;
+        self.write_opts = WriteOptions::default();
+        self.db
+            .delete_cf_opt(self.cf(CF_META), META_REPLAY_INCOMPLETE, &self.write_opts)
+            .context("clearing the replay mark")?;
+        self.db.flush_cf(self.cf(CF_META))?;
+        Ok(())
+    }
+
+    /// Flush every column family's memtable to SST files and compact each fully: after a
+    /// bulk load, so that the store opens without replaying a large WAL and reads from few,
+    /// sorted files.
+    pub fn flush_and_compact(&self) -> Result<()> {
+        for name in COLUMN_FAMILIES {
             let cf = self.cf(name);
             self.db
                 .flush_cf(cf)
                 .with_context(|| format!("flushing column family {name}"))?;
             self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
-        self.write_opts = WriteOptions::default();
-        self.db
-            .delete_cf_opt(self.cf(CF_META), META_REPLAY_INCOMPLETE, &self.write_opts)
-            .context("clearing the replay mark")?;
-        self.db.flush_cf(self.cf(CF_META))?;
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 //! the dead-letter topic with the right reason and its origin partition/offset in headers,
 //! while the good events around it are applied; a repeated event_id is applied once.
 
+#[path = "common/files.rs"]
+mod files;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -312,4 +314,5 @@ fn every_bad_event_is_dead_lettered_with_its_reason_and_good_ones_are_applied() 
     assert_eq!(status_of(&b), (InUse, 2));
     assert_eq!(status_of(&org), (Revoked, 2));
     assert_eq!(store.offsets().unwrap()[&0], cases.len() as i64);
+    files::assert_published_files_valid(&config.output.dir);
 }

@@ -3,6 +3,8 @@
 //! topic, ingested, and compared with the generator's independent expectations; then a
 //! restart on the same store applies nothing again.
 
+#[path = "common/files.rs"]
+mod files;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +104,7 @@ fn generated_history_lands_exactly_and_a_restart_applies_nothing_twice() {
     assert_eq!(seen, h.expected.certificates.len());
     let offsets: i64 = store.offsets().unwrap().values().sum();
     assert_eq!(offsets as u64, h.expected.records);
+    files::assert_published_files_valid(&config.output.dir);
 }
 
 /// Produce `records` to `partitions` (chosen per key, so a certificate stays in one).
@@ -175,4 +178,5 @@ fn partitions_unknown_to_the_store_start_at_their_beginning() {
         store.certificates().count(),
         a.expected.certificates.len() + b.expected.certificates.len()
     );
+    files::assert_published_files_valid(&config.output.dir);
 }

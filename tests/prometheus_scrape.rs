@@ -13,6 +13,8 @@
 //! The second test runs the binary itself (`smki-extract run --http-address …`) and checks
 //! `/healthz`, `/readyz` and `/metrics` of the child process, and a clean SIGTERM exit.
 
+#[path = "common/files.rs"]
+mod files;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -333,6 +335,7 @@ fn prometheus_sees_the_workload_and_the_dashboard_and_rules_read_real_series() {
     let (status, exposition) = get(&addr, "/metrics");
     assert_eq!(status, 200);
     promtool(&["check", "metrics"], dir.path(), Some(&exposition));
+    files::assert_published_files_valid(&config.output.dir);
     let exposed = exposed_names(&exposition);
 
     // The dashboard: valid JSON, every query valid PromQL here, every metric it reads exposed.
@@ -434,6 +437,8 @@ fn the_binary_serves_health_readiness_and_metrics_and_stops_on_sigterm() {
         .args(["--bootstrap-servers", &config.kafka.bootstrap_servers])
         .arg("--store")
         .arg(&config.store.path)
+        .arg("--output-dir")
+        .arg(&config.output.dir)
         .args(["-X", "session.timeout.ms=6000", "--http-address", &addr])
         .env("SMKI_HTTP_READY_MAX_LAG_RECORDS", "0")
         .env("SMKI_LOG", "warn")

@@ -4,6 +4,8 @@
 //! temporary file is listed, and any file under a final name is byte-identical to the one a
 //! clean run writes. A run after the crashes completes and writes exactly the clean bytes.
 
+#[path = "common/files.rs"]
+mod files;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -209,4 +211,7 @@ fn a_kill_at_any_instant_leaves_nothing_partial_and_the_rerun_is_byte_identical(
         temps.is_empty(),
         "temporary files left after a clean run: {temps:?}"
     );
+    for dir in [&clean_dir, &crashed, &config.output.dir] {
+        files::assert_published_files_valid(dir);
+    }
 }

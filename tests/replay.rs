@@ -4,6 +4,8 @@
 //! days that received late events. Without the close log's cuts the files would differ
 //! (checked, so the test can fail).
 
+#[path = "common/files.rs"]
+mod files;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -245,4 +247,5 @@ fn a_replayed_store_writes_the_same_files_as_the_original() {
             .collect::<Vec<_>>(),
         vec![10, 10, 10, 10]
     );
+    files::assert_published_files_valid(&config.output.dir);
 }

@@ -110,4 +110,6 @@ fn sigkill_at_random_instants_loses_nothing_and_applies_nothing_twice() {
         expected_dead_letters(&expected)
     );
     eprintln!("{kills} kills; store offsets after each: {progress:?}");
+    // The files published across the kills (output beside the store) are whole and valid.
+    assert_published_files_valid(&store.with_extension("out"));
 }

@@ -126,4 +126,6 @@ fn late_join_and_mid_stream_leave_keep_every_store_exact() {
         dead_letter_counts(&letters),
         expected_dead_letters(&expected)
     );
+    assert_published_files_valid(&store_b.with_extension("out"));
+    assert_published_files_valid(&store_a.with_extension("out"));
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod files;
 mod tansu;
+pub use files::*;
 pub use tansu::*;
 
 /// The binary under test.

@@ -1,0 +1,51 @@
+//! Every file a test's run published is read back by tools nobody here wrote: `gzip -t`,
+//! `xmllint --schema` against the project's XSD (libxml2 reads the gzip itself) and
+//! `sha256sum -c` of the sidecars.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Check every `*.xml.gz` in `dir` (a run's output directory); nothing to check when the run
+/// published nothing (no directory, or no file).
+pub fn assert_published_files_valid(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".xml.gz") && !n.starts_with('.'))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return;
+    }
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/smki-extract-v1.xsd");
+    let run = |cmd: &mut Command, what: &str| {
+        let out = cmd
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: {e} (scripts/setup installs the tools)"));
+        assert!(
+            out.status.success(),
+            "{what} refused a file in {}: {}{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("gzip").arg("-t").args(&files), "gzip -t");
+    run(
+        Command::new("xmllint")
+            .args(["--noout", "--schema"])
+            .arg(&schema)
+            .args(&files),
+        "xmllint --schema",
+    );
+    let sidecars: Vec<String> = files.iter().map(|f| format!("{f}.sha256")).collect();
+    run(
+        Command::new("sha256sum")
+            .args(["-c", "--quiet"])
+            .args(&sidecars),
+        "sha256sum -c",
+    );
+}
