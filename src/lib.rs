@@ -16,6 +16,7 @@ pub mod gen;
 pub mod ingest;
 pub mod metrics;
 pub mod mock;
+pub mod party;
 pub mod publication;
 pub mod store;
 pub mod window;
