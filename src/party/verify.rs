@@ -105,12 +105,7 @@ pub struct Defects {
 
 impl fmt::Display for Defects {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = self
-            .file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.file.display().to_string());
-        write!(f, "{name}: {}", self.defects.join("; "))
+        write!(f, "{}: {}", self.file.display(), self.defects.join("; "))
     }
 }
 
@@ -331,13 +326,22 @@ fn read_records(
     if let Some(n) = expected {
         ensure!(
             header.kind == n.kind && header.date == n.date,
-            "its root says extractType {} extractDate {}, its name says {} {}: a {} of another day \
-             (or kind) under this name",
+            "its root says extractType {} extractDate {}, its name says {} {}: {} under this name",
             header.kind.as_str(),
             header.date,
             n.kind.as_str(),
             n.date,
-            header.kind.as_str()
+            if header.kind != n.kind {
+                "the other kind of extract".to_string()
+            } else if header.date < n.date {
+                format!(
+                    "an older {} (of {}) republished",
+                    header.kind.as_str(),
+                    header.date
+                )
+            } else {
+                format!("a newer {} (of {})", header.kind.as_str(), header.date)
+            }
         );
     }
     while let Some(rec) = reader.next_record()? {
