@@ -199,8 +199,11 @@ fn whole_directory(to: &Path) -> Vec<String> {
     names
 }
 
+/// A copy's state (JSON) and its records as (key, status, source file).
+type Dump = (String, Vec<(String, String, String)>);
+
 /// Everything a copy holds, for before/after comparisons (`None`: no copy yet).
-fn dump(copy: &Path) -> Option<(String, Vec<(String, String, String)>)> {
+fn dump(copy: &Path) -> Option<Dump> {
     if !copy.join("CURRENT").exists() {
         return None;
     }
@@ -266,7 +269,9 @@ fn sync_reaches_the_state_of_the_services_store() {
     assert_eq!(report["copy_day"], last.to_string());
     let store = Store::open_read_only(&f.store, "certs").unwrap();
     let snap = store.snapshot();
-    let service: BTreeMap<String, (CertificateStatus, i32, Vec<u8>)> = snap
+    // key → (status, certificate type, subject id)
+    type Service = BTreeMap<String, (CertificateStatus, i32, Vec<u8>)>;
+    let service: Service = snap
         .as_of(day_of_date(last))
         .map(|r| r.unwrap().1)
         .map(|r| {
@@ -511,10 +516,12 @@ fn gzip(text: &str) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+/// Damages a directory; returns the file the error must name.
+type Damage = Box<dyn Fn(&Path, &Ctx) -> String>;
+
 struct Case {
     what: &'static str,
-    /// Damages the directory; returns the file the error must name.
-    damage: Box<dyn Fn(&Path, &Ctx) -> String>,
+    damage: Damage,
     /// Words the error must contain.
     says: &'static [&'static str],
     /// Whether `verify` of the named file must flag it (file-level defects).

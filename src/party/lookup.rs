@@ -90,7 +90,7 @@ pub struct Filter {
 
 impl Filter {
     fn admits(&self, r: &LocalRecord) -> bool {
-        (self.statuses.is_empty() || self.statuses.iter().any(|s| *s == r.status))
+        (self.statuses.is_empty() || self.statuses.contains(&r.status))
             && self
                 .certificate_type
                 .as_ref()
