@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod lag;
 pub mod metrics;
 pub mod mock;
+pub mod party;
 pub mod publication;
 pub mod replay;
 pub mod store;

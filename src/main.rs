@@ -16,6 +16,7 @@ use smki_extract::extract::publish::Publisher;
 use smki_extract::extract::xml::ExtractKind;
 use smki_extract::gen::{history, output};
 use smki_extract::metrics::Metrics;
+use smki_extract::party;
 use smki_extract::publication;
 use smki_extract::store::Store;
 
@@ -46,6 +47,14 @@ enum Command {
     Full(FullArgs),
     /// Rebuild the state store from the topic into an empty directory.
     Replay(ReplayArgs),
+    /// Party: bring a local copy up to date from a directory of published files.
+    Sync(party::cli::SyncArgs),
+    /// Party: check published files (sha256, gzip, XSD, certificates, counts).
+    Verify(party::cli::VerifyArgs),
+    /// Party: find certificates in a local copy by Device ID, Entity ID or serial.
+    Lookup(party::cli::LookupArgs),
+    /// Party: export a local copy to PEM files or CSV.
+    Export(party::cli::ExportArgs),
 }
 
 #[derive(Args)]
@@ -336,6 +345,13 @@ fn real_main(cli: Cli) -> Result<()> {
             init_logging(log_format.as_deref().unwrap_or(&config.log.format), "info");
             write_on_demand(&config, ExtractKind::Full, args.as_of)
         }
+        Command::Sync(args) => {
+            init_logging(log_format.as_deref().unwrap_or("human"), "info");
+            party::cli::run_sync(&args)
+        }
+        Command::Verify(args) => party::cli::run_verify(&args),
+        Command::Lookup(args) => party::cli::run_lookup(&args),
+        Command::Export(args) => party::cli::run_export(&args),
     }
 }
 
