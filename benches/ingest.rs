@@ -12,7 +12,8 @@
 //! only, no endpoint, no lag polling, no store census) and on (endpoint served, scraped every
 //! second — fifteen times the usual Prometheus rate —, lag polling, store census and
 //! scrape-time RocksDB figures), alternating `BENCH_ROUNDS` times (default 2).
-//! `BENCH_ONLY=metrics` runs just those.
+//! `BENCH_ONLY=metrics` runs just those; `BENCH_ONLY=replay` runs (b) and the replay of the
+//! same topic next to it.
 //!
 //! `cargo bench --bench ingest` (env: BENCH_EVENTS, default 1_000_000; BENCH_TANSU_EVENTS,
 //! default 200_000).
@@ -456,12 +457,16 @@ fn main() {
         metrics_cost(&file, dir.path(), &h);
         return;
     }
-    bench_pipeline(&file, dir.path(), false, 0);
+    if only != "replay" {
+        bench_pipeline(&file, dir.path(), false, 0);
+    }
     if only == "a" {
         return;
     }
     let h = history_of(env_usize("BENCH_MOCK_EVENTS", 300_000), 3);
-    metrics_cost(&file, dir.path(), &h);
+    if only != "replay" {
+        metrics_cost(&file, dir.path(), &h);
+    }
 
     // The mock cluster keeps at most 5 MB or 100k records per partition (older ones are
     // purged), so the topic has enough partitions to hold the whole history.
@@ -488,6 +493,9 @@ fn main() {
     );
     replay_rate(&kafka.bootstrap_servers(), "certs", dir.path());
     drop(kafka);
+    if only == "replay" {
+        return;
+    }
     drop(h);
 
     if tansu::tansu_binary().is_some() {

@@ -46,14 +46,7 @@ pub fn count_delta(snap: &StoreSnapshot<'_>, day: u32) -> Result<u64> {
 
 /// Records of the full extract as of `day` (the first pass): certificates In use then.
 pub fn count_full(snap: &StoreSnapshot<'_>, day: u32) -> Result<u64> {
-    let mut n = 0;
-    for item in snap.as_of(day) {
-        let (_, rec) = item?;
-        if is_in_use(&rec) {
-            n += 1;
-        }
-    }
-    Ok(n)
+    snap.count_in_use_as_of(day)
 }
 
 /// Write the gzip-compressed delta of `day`, declared with `records` (from [`count_delta`] on
