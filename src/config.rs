@@ -8,6 +8,11 @@
 //! `SMKI_LOG_FORMAT`, `SMKI_OUTPUT_DIR`, `SMKI_FULL_WEEKDAY`, `SMKI_GRACE_SECS`,
 //! `SMKI_IDLE_SECS`, `SMKI_DEADLINE_SECS`, `SMKI_CLOSES_TOPIC`, `SMKI_HTTP_ADDRESS`,
 //! `SMKI_HTTP_READY_MAX_LAG_RECORDS`, `SMKI_HTTP_STORE_CENSUS_INTERVAL_S`.
+//!
+//! Secret librdkafka properties need not be written into the file: each variable of
+//! [`SECRET_PROPERTY_FILES`] names a file (e.g. a mounted Kubernetes Secret) whose content,
+//! less one trailing newline, becomes that property: `SMKI_KAFKA_SASL_PASSWORD_FILE` sets
+//! `sasl.password`, `SMKI_KAFKA_SSL_KEY_PASSWORD_FILE` sets `ssl.key.password`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +20,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rdkafka::config::ClientConfig;
 use serde::Deserialize;
+
+/// Environment variables naming a file whose content is a secret librdkafka property:
+/// `(variable, property)`. They override the file's `[kafka.properties]`; `-X` overrides them.
+pub const SECRET_PROPERTY_FILES: &[(&str, &str)] = &[
+    ("SMKI_KAFKA_SASL_PASSWORD_FILE", "sasl.password"),
+    ("SMKI_KAFKA_SSL_KEY_PASSWORD_FILE", "ssl.key.password"),
+];
 
 /// The whole configuration of the service.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -386,6 +398,17 @@ impl Config {
                 .with_context(|| format!("SMKI_BATCH_MAX_MS={v:?} is not a number"))?;
         }
         set(&mut self.http.address, "SMKI_HTTP_ADDRESS");
+        for (name, key) in SECRET_PROPERTY_FILES {
+            if let Some(path) = env(name) {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("{name}={path:?}: cannot read the {key} file"))?;
+                let value = text.strip_suffix('\n').unwrap_or(&text);
+                let value = value.strip_suffix('\r').unwrap_or(value);
+                self.kafka
+                    .properties
+                    .insert(key.to_string(), value.to_string());
+            }
+        }
         for (target, name) in [
             (
                 &mut self.http.ready_max_lag_records,
@@ -562,6 +585,54 @@ mod tests {
             .contains("key=value"));
         let env = |k: &str| (k == "SMKI_BATCH_MAX_MS").then(|| "soon".to_string());
         assert!(Config::load(None, env, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn secret_properties_come_from_files_named_by_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[kafka.properties]\n\"sasl.username\" = \"u\"\n\"sasl.password\" = \"from-toml\"\n",
+        )
+        .unwrap();
+        let sasl = dir.path().join("password");
+        std::fs::write(&sasl, "s3cr=t \n").unwrap();
+        let key = dir.path().join("key-password");
+        std::fs::write(&key, "k\r\n").unwrap();
+        let (sasl_s, key_s) = (
+            sasl.to_str().unwrap().to_string(),
+            key.to_str().unwrap().to_string(),
+        );
+        let env = |k: &str| match k {
+            "SMKI_KAFKA_SASL_PASSWORD_FILE" => Some(sasl_s.clone()),
+            "SMKI_KAFKA_SSL_KEY_PASSWORD_FILE" => Some(key_s.clone()),
+            _ => None,
+        };
+        let c = Config::load(Some(&file), env, &Overrides::default()).unwrap();
+        // The file's value loses one line ending only: inner and trailing spaces are kept.
+        assert_eq!(c.kafka.properties["sasl.password"], "s3cr=t ");
+        assert_eq!(c.kafka.properties["ssl.key.password"], "k");
+        assert_eq!(c.kafka.properties["sasl.username"], "u");
+        assert_eq!(
+            c.kafka.client_config().get("sasl.password"),
+            Some("s3cr=t ")
+        );
+        // A flag still wins over the environment.
+        let flags = Overrides {
+            properties: vec!["sasl.password=from-flag".into()],
+            ..Default::default()
+        };
+        let c = Config::load(Some(&file), env, &flags).unwrap();
+        assert_eq!(c.kafka.properties["sasl.password"], "from-flag");
+        // A missing file is an error that names the variable.
+        let missing =
+            |k: &str| (k == "SMKI_KAFKA_SASL_PASSWORD_FILE").then(|| "/nonexistent/pw".to_string());
+        let err = Config::load(None, missing, &Overrides::default()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("SMKI_KAFKA_SASL_PASSWORD_FILE"),
+            "{err:#}"
+        );
     }
 
     #[test]
