@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 mod files;
 mod tansu;
+#[allow(unused_imports)]
 pub use files::*;
 pub use tansu::*;
 
