@@ -409,12 +409,47 @@ fn replay_rate(bootstrap: &str, topic: &str, dir: &Path) {
     );
 }
 
+/// (b) from the in-process mock cluster, side by side with a bare drain, then (r) a replay of
+/// the same topic into an empty store.
+fn mock_and_replay(h: &history::History, dir: &Path) {
+    // The mock cluster keeps at most 5 MB or 100k records per partition (older ones are
+    // purged), so the topic has enough partitions to hold the whole history.
+    let mock_partitions = 32;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic("certs", mock_partitions).unwrap();
+    kafka.create_topic("certs.dlq", 1).unwrap();
+    kafka.create_topic("certs.closes", 1).unwrap();
+    output::produce(
+        &h.records,
+        &rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap_servers())
+            .clone(),
+        "certs",
+        |_| {},
+    )
+    .unwrap();
+    side_by_side(
+        "b",
+        &kafka.bootstrap_servers(),
+        "certs",
+        mock_partitions,
+        dir,
+    );
+    replay_rate(&kafka.bootstrap_servers(), "certs", dir);
+    drop(kafka);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
+    if only == "replay" {
+        let h = history_of(env_usize("BENCH_MOCK_EVENTS", 300_000), 3);
+        mock_and_replay(&h, dir.path());
+        return;
+    }
     let file = events_file(env_usize("BENCH_EVENTS", 1_000_000), 1);
     println!(
         "(a) input: {} ({} MB)",
@@ -457,45 +492,14 @@ fn main() {
         metrics_cost(&file, dir.path(), &h);
         return;
     }
-    if only != "replay" {
-        bench_pipeline(&file, dir.path(), false, 0);
-    }
+    bench_pipeline(&file, dir.path(), false, 0);
     if only == "a" {
         return;
     }
     let h = history_of(env_usize("BENCH_MOCK_EVENTS", 300_000), 3);
-    if only != "replay" {
-        metrics_cost(&file, dir.path(), &h);
-    }
+    metrics_cost(&file, dir.path(), &h);
 
-    // The mock cluster keeps at most 5 MB or 100k records per partition (older ones are
-    // purged), so the topic has enough partitions to hold the whole history.
-    let mock_partitions = 32;
-    let kafka = EmbeddedKafka::start(1).unwrap();
-    kafka.create_topic("certs", mock_partitions).unwrap();
-    kafka.create_topic("certs.dlq", 1).unwrap();
-    kafka.create_topic("certs.closes", 1).unwrap();
-    output::produce(
-        &h.records,
-        &rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", kafka.bootstrap_servers())
-            .clone(),
-        "certs",
-        |_| {},
-    )
-    .unwrap();
-    side_by_side(
-        "b",
-        &kafka.bootstrap_servers(),
-        "certs",
-        mock_partitions,
-        dir.path(),
-    );
-    replay_rate(&kafka.bootstrap_servers(), "certs", dir.path());
-    drop(kafka);
-    if only == "replay" {
-        return;
-    }
+    mock_and_replay(&h, dir.path());
     drop(h);
 
     if tansu::tansu_binary().is_some() {
