@@ -12,9 +12,12 @@
 //! Stores are built once per size under `$CARGO_TARGET_DIR/bench-data` (outside the clone)
 //! and reused. `cargo bench --bench extract` (scripts/setup first: pigz).
 
+#[path = "common/measure.rs"]
+mod measure;
+use measure::measure;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use smki_extract::certificate;
 use smki_extract::contract::{issuer_hash, CertificateStatus, DayClose};
@@ -215,24 +218,6 @@ fn delta_store(total: usize, changes: usize) -> PathBuf {
         });
         close_days(store, day() - 1, day());
     })
-}
-
-/// Wall time and peak RSS (MB) of a child process.
-fn measure(mut cmd: Command) -> (Duration, f64) {
-    let t = Instant::now();
-    let child = cmd.stdout(Stdio::null()).spawn().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; `status` and `usage` are valid for writes.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let elapsed = t.elapsed();
-    assert_eq!(r, pid, "wait4");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child failed: {cmd:?}"
-    );
-    (elapsed, usage.ru_maxrss as f64 / 1024.0)
 }
 
 /// This benchmark binary again, as a child that writes one file (so its RSS is its own).

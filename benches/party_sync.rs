@@ -12,8 +12,11 @@
 //! of 2026-11-02..08 are taken from it. Built once under `$CARGO_TARGET_DIR/bench-data`.
 //! `cargo bench --bench party_sync` (scripts/setup first: xmllint, gzip).
 
+#[path = "common/measure.rs"]
+mod measure;
+use measure::measure;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,24 +146,6 @@ fn bench_directory(published: &Path, to: &Path) -> (Vec<PathBuf>, u64, u64) {
     let records = m.files.iter().map(|e| e.records).sum();
     let bytes = m.files.iter().map(|e| e.size).sum();
     (names.iter().map(|n| to.join(n)).collect(), records, bytes)
-}
-
-/// Wall time and peak RSS (MB) of a child process (and its waited-for children).
-fn measure(mut cmd: Command) -> (Duration, f64) {
-    let t = Instant::now();
-    let child = cmd.stdout(Stdio::null()).spawn().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; `status` and `usage` are valid for writes.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let elapsed = t.elapsed();
-    assert_eq!(r, pid, "wait4");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child failed: {cmd:?}"
-    );
-    (elapsed, usage.ru_maxrss as f64 / 1024.0)
 }
 
 fn sh(script: String) -> Command {

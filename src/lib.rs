@@ -10,6 +10,7 @@ pub mod contract;
 pub mod day;
 pub mod deadletter;
 pub mod demo;
+pub mod dirlock;
 pub mod eui64;
 pub mod eventfile;
 pub mod extract;

@@ -338,12 +338,22 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Delta(args) => {
             let config = args.config.load()?;
             init_logging(log_format.as_deref().unwrap_or(&config.log.format), "info");
-            write_on_demand(&config, ExtractKind::Delta, args.day)
+            let metrics = Metrics::new();
+            let _http = match args.config.http_address {
+                Some(_) => smki_extract::http::serve_configured(&config.http, &metrics)?,
+                None => None,
+            };
+            write_on_demand(&config, ExtractKind::Delta, args.day, &metrics)
         }
         Command::Full(args) => {
             let config = args.config.load()?;
             init_logging(log_format.as_deref().unwrap_or(&config.log.format), "info");
-            write_on_demand(&config, ExtractKind::Full, args.as_of)
+            let metrics = Metrics::new();
+            let _http = match args.config.http_address {
+                Some(_) => smki_extract::http::serve_configured(&config.http, &metrics)?,
+                None => None,
+            };
+            write_on_demand(&config, ExtractKind::Full, args.as_of, &metrics)
         }
         Command::Sync(args) => {
             init_logging(log_format.as_deref().unwrap_or("human"), "info");
@@ -358,7 +368,12 @@ fn real_main(cli: Cli) -> Result<()> {
 /// `delta` / `full`: write one file of a closed day from the store (opened read-only, so the
 /// service may keep running on it) into the output directory. Rewriting a published file is
 /// allowed only with identical bytes.
-fn write_on_demand(config: &Config, kind: ExtractKind, date: NaiveDate) -> Result<()> {
+fn write_on_demand(
+    config: &Config,
+    kind: ExtractKind,
+    date: NaiveDate,
+    metrics: &Metrics,
+) -> Result<()> {
     let store = Store::open_read_only(&config.store.path, &config.kafka.topic)?;
     let mut publisher = Publisher::open(&config.output.dir, config.output.retention())?;
     let t = Instant::now();
@@ -369,6 +384,11 @@ fn write_on_demand(config: &Config, kind: ExtractKind, date: NaiveDate) -> Resul
         smki_extract::day::day_of_date(date),
         config.output.gzip(),
     )?;
+    let file_kind = match kind {
+        ExtractKind::Delta => smki_extract::metrics::FileKind::Delta,
+        ExtractKind::Full => smki_extract::metrics::FileKind::Full,
+    };
+    metrics.file_published(file_kind, entry.size, entry.records, t.elapsed());
     println!(
         "{}",
         serde_json::json!({

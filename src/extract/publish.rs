@@ -93,25 +93,14 @@ impl Publisher {
     /// remove temporary files left by a crash.
     pub fn open(dir: &Path, retention: Retention) -> Result<Publisher> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => bail!(
+        let lock = crate::dirlock::lock(dir, LOCK_FILE, |held| {
+            format!(
                 "output directory {} is in use by another smki-extract process (it holds {}); \
                  stop it or publish into another directory",
                 dir.display(),
-                lock_path.display()
-            ),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", lock_path.display()))
-            }
-        }
+                held.display()
+            )
+        })?;
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {

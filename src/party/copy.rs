@@ -21,7 +21,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use chrono::NaiveDate;
 use prost::Message;
 use rocksdb::{
@@ -400,24 +400,13 @@ impl LocalCopy {
     /// rebuild left by a crash, opens the live database if there is one.
     pub fn open(root: &Path) -> Result<LocalCopy> {
         fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-        let lock_path = root.join(LOCK);
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => bail!(
+        let lock = crate::dirlock::lock(root, LOCK, |held| {
+            format!(
                 "the local copy {} is being changed by another sync (it holds {})",
                 root.display(),
-                lock_path.display()
-            ),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", lock_path.display()))
-            }
-        }
+                held.display()
+            )
+        })?;
         let current = read_current(root)?;
         for entry in fs::read_dir(root)? {
             let entry = entry?;
