@@ -336,24 +336,10 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Delta(args) => {
-            let config = args.config.load()?;
-            init_logging(log_format.as_deref().unwrap_or(&config.log.format), "info");
-            let metrics = Metrics::new();
-            let _http = match args.config.http_address {
-                Some(_) => smki_extract::http::serve_configured(&config.http, &metrics)?,
-                None => None,
-            };
-            write_on_demand(&config, ExtractKind::Delta, args.day, &metrics)
+            write_on_demand(&args.config, log_format, ExtractKind::Delta, args.day)
         }
         Command::Full(args) => {
-            let config = args.config.load()?;
-            init_logging(log_format.as_deref().unwrap_or(&config.log.format), "info");
-            let metrics = Metrics::new();
-            let _http = match args.config.http_address {
-                Some(_) => smki_extract::http::serve_configured(&config.http, &metrics)?,
-                None => None,
-            };
-            write_on_demand(&config, ExtractKind::Full, args.as_of, &metrics)
+            write_on_demand(&args.config, log_format, ExtractKind::Full, args.as_of)
         }
         Command::Sync(args) => {
             init_logging(log_format.as_deref().unwrap_or("human"), "info");
@@ -369,11 +355,18 @@ fn real_main(cli: Cli) -> Result<()> {
 /// service may keep running on it) into the output directory. Rewriting a published file is
 /// allowed only with identical bytes.
 fn write_on_demand(
-    config: &Config,
+    args: &ConfigArgs,
+    log_format: Option<String>,
     kind: ExtractKind,
     date: NaiveDate,
-    metrics: &Metrics,
 ) -> Result<()> {
+    let config = &args.load()?;
+    init_logging(log_format.as_deref().unwrap_or(&config.log.format), "info");
+    let metrics = Metrics::new();
+    let _http = match &args.http_address {
+        Some(_) => smki_extract::http::serve_configured(&config.http, &metrics)?,
+        None => None,
+    };
     let store = Store::open_read_only(&config.store.path, &config.kafka.topic)?;
     let mut publisher = Publisher::open(&config.output.dir, config.output.retention())?;
     let t = Instant::now();
@@ -384,11 +377,7 @@ fn write_on_demand(
         smki_extract::day::day_of_date(date),
         config.output.gzip(),
     )?;
-    let file_kind = match kind {
-        ExtractKind::Delta => smki_extract::metrics::FileKind::Delta,
-        ExtractKind::Full => smki_extract::metrics::FileKind::Full,
-    };
-    metrics.file_published(file_kind, entry.size, entry.records, t.elapsed());
+    metrics.file_published(kind.into(), entry.size, entry.records, t.elapsed());
     println!(
         "{}",
         serde_json::json!({

@@ -48,6 +48,15 @@ pub enum FileKind {
     Delta,
 }
 
+impl From<crate::extract::xml::ExtractKind> for FileKind {
+    fn from(kind: crate::extract::xml::ExtractKind) -> FileKind {
+        match kind {
+            crate::extract::xml::ExtractKind::Full => FileKind::Full,
+            crate::extract::xml::ExtractKind::Delta => FileKind::Delta,
+        }
+    }
+}
+
 impl FileKind {
     /// Every kind (pre-registration of the labelled series).
     pub const ALL: [FileKind; 2] = [FileKind::Full, FileKind::Delta];

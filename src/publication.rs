@@ -138,10 +138,7 @@ pub fn publish_due(
             continue;
         }
         let started = Instant::now();
-        let kind = match due.kind {
-            ExtractKind::Delta => FileKind::Delta,
-            ExtractKind::Full => FileKind::Full,
-        };
+        let kind = FileKind::from(due.kind);
         let entry = match publish_one(store, publisher, due.kind, due.day, settings.gzip) {
             Ok(e) => e,
             Err(e) => {

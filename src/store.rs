@@ -497,23 +497,22 @@ impl Store {
 
     /// The first day any change belongs to: where the series of delta files starts.
     pub fn first_day(&self) -> Result<Option<u32>> {
-        self.db
-            .get_cf(self.cf(CF_META), META_FIRST_DAY)?
-            .map(|v| {
-                Ok(u32::from_be_bytes(
-                    v.as_slice().try_into().context("corrupt first day")?,
-                ))
-            })
-            .transpose()
+        self.meta_u32(META_FIRST_DAY, "first day")
     }
 
     /// The newest day whose close the close-log topic has acknowledged.
     pub fn close_log_mark(&self) -> Result<Option<u32>> {
+        self.meta_u32(META_CLOSE_LOG_MARK, "close-log mark")
+    }
+
+    fn meta_u32(&self, key: &[u8], what: &str) -> Result<Option<u32>> {
         self.db
-            .get_cf(self.cf(CF_META), META_CLOSE_LOG_MARK)?
+            .get_cf(self.cf(CF_META), key)?
             .map(|v| {
                 Ok(u32::from_be_bytes(
-                    v.as_slice().try_into().context("corrupt close-log mark")?,
+                    v.as_slice()
+                        .try_into()
+                        .with_context(|| format!("corrupt {what}"))?,
                 ))
             })
             .transpose()
