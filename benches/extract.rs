@@ -337,6 +337,10 @@ fn bench_delta() {
     println!("    ratio 5M / 0.5M: {:.2}", results[1].1 / results[0].1);
 }
 
+/// The service's allocator (see `src/main.rs`), so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {

@@ -439,6 +439,10 @@ fn mock_and_replay(h: &history::History, dir: &Path) {
     drop(kafka);
 }
 
+/// The service's allocator (see `src/main.rs`), so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;

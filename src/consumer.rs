@@ -312,7 +312,9 @@ const MAX_SEALED_BATCHES: usize = 4;
 fn consumer(config: &Config, context: IngestContext) -> Result<BaseConsumer<IngestContext>> {
     // Defaults first, then the operator's pass-through properties may override them...
     let mut c = rdkafka::config::ClientConfig::new();
-    c.set("auto.offset.reset", "earliest");
+    c.set("auto.offset.reset", "earliest")
+        // A deep prefetch queue: ingest takes records in bursts between WriteBatches.
+        .set("queued.min.messages", "1000000");
     for (k, v) in config.kafka.client_config().config_map() {
         c.set(k, v);
     }

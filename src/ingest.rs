@@ -231,9 +231,9 @@ pub struct Ingestor<S: DeadLetterSink> {
     consumed: HashMap<i32, i64>,
     /// Next offset per partition as written to the store (loaded on first sight).
     committed: HashMap<i32, i64>,
-    /// Issuer Name DER → (issuer hash, its hex): a handful of issuers sign everything, so
-    /// their hashes are computed once. Cleared if it ever grows past [`ISSUER_CACHE_MAX`].
-    issuers: HashMap<Vec<u8>, ([u8; 8], String)>,
+    /// The record-only half of ingest (decode, parse, key), here when the caller does not
+    /// run it on a thread of its own.
+    preparer: Preparer,
     /// Window clock of every partition seen or assigned (restored from the store).
     clocks: BTreeMap<i32, Clock>,
     /// Partitions of the topic, once known: days close only when every one of them is
@@ -291,7 +291,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
             expiries: Vec::new(),
             consumed: HashMap::default(),
             committed: HashMap::default(),
-            issuers: HashMap::default(),
+            preparer: Preparer::new(&window),
             clocks: BTreeMap::new(),
             topic_partitions: None,
             assigned: BTreeSet::new(),
@@ -384,8 +384,10 @@ impl<S: DeadLetterSink> Ingestor<S> {
     /// Replay: cut where the original run cut, not by this run's wall clock. `closes` are the
     /// original's day closes (from the close log); each forced cut they record is applied
     /// when ingest reaches its offset on its partition. Call before the first record, and do
-    /// not call [`Self::tick`] during a replay.
-    pub fn plan_cuts(&mut self, closes: &BTreeMap<u32, DayClose>) {
+    /// not call [`Self::tick`] during a replay. Refused when the closes were decided with
+    /// other window settings (time zone, grace, future skew) than this pipeline's.
+    pub fn plan_cuts(&mut self, closes: &BTreeMap<u32, DayClose>) -> Result<()> {
+        window::check_replay_settings(&self.window, closes.values())?;
         let mut plan: BTreeMap<i32, BTreeMap<(i64, u32), String>> = BTreeMap::new();
         for close in closes.values() {
             for (p, cut) in &close.forced_cuts {
@@ -401,6 +403,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
                 (p, cuts)
             })
             .collect();
+        Ok(())
     }
 
     /// Apply the planned cuts of `partition` at offsets up to `offset`.
@@ -479,6 +482,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
             let mut batch = StoreBatch::default();
             let mut close = DayClose {
                 day,
+                window_settings: self.window.replay_settings(),
                 ..DayClose::default()
             };
             for p in 0..n {
@@ -554,17 +558,40 @@ impl<S: DeadLetterSink> Ingestor<S> {
     /// Take one record into the open batch. Errors are failures of the store or the
     /// dead-letter sink (the service must stop); bad events are an [`Outcome`].
     pub fn ingest(&mut self, rec: RecordRef<'_>) -> Result<Outcome> {
+        if self.already_applied(rec)? {
+            return Ok(Outcome::AlreadyApplied);
+        }
+        let prepared = self.preparer.prepare(rec);
+        self.take(rec, prepared)
+    }
+
+    /// [`Self::ingest`] for a record whose record-only work a [`Preparer`] did already,
+    /// possibly on another thread (replay runs it beside the consumer). `prepared` must be
+    /// what `prepare` gave for this very record.
+    pub fn ingest_prepared(&mut self, rec: RecordRef<'_>, prepared: Prepared) -> Result<Outcome> {
+        if self.already_applied(rec)? {
+            return Ok(Outcome::AlreadyApplied);
+        }
+        self.take(rec, prepared)
+    }
+
+    /// Count a record read, and say whether the store already covers its offset.
+    fn already_applied(&mut self, rec: RecordRef<'_>) -> Result<bool> {
         self.metrics.events_consumed.inc();
         if let Some(next) = self.next_offset(rec.partition)? {
             if rec.offset < next {
                 self.metrics.records_skipped.inc();
-                return Ok(Outcome::AlreadyApplied);
+                return Ok(true);
             }
         }
+        Ok(false)
+    }
+
+    fn take(&mut self, rec: RecordRef<'_>, prepared: Prepared) -> Result<Outcome> {
         if !self.cut_plan.is_empty() {
             self.apply_planned_cuts(rec.partition, rec.offset)?;
         }
-        let outcome = match self.apply(rec)? {
+        let outcome = match self.apply(rec, prepared)? {
             Ok(true) => {
                 self.metrics.events_applied.inc();
                 Outcome::Applied
@@ -709,36 +736,14 @@ impl<S: DeadLetterSink> Ingestor<S> {
         }))
     }
 
-    /// Decode, validate and apply one record into the pending batch.
+    /// Validate against the state and apply one prepared record into the pending batch.
     /// `Ok(Ok(true))` applied, `Ok(Ok(false))` duplicate, `Ok(Err(_))` rejected.
-    fn apply(&mut self, rec: RecordRef<'_>) -> Result<Result<bool, Rejection>> {
-        let event = match decode(rec) {
+    fn apply(&mut self, rec: RecordRef<'_>, prepared: Prepared) -> Result<Result<bool, Rejection>> {
+        let envelope = match prepared.0 {
             Ok(e) => e,
             Err(r) => return Ok(Err(r)),
         };
-        let occurred_ms = event
-            .occurred_at
-            .as_ref()
-            .map(|t| {
-                t.seconds
-                    .saturating_mul(1000)
-                    .saturating_add(i64::from(t.nanos) / 1_000_000)
-            })
-            .expect("checked by decode");
-        if let Some(ts) = rec.timestamp_ms {
-            if occurred_ms > ts.saturating_add(self.window.max_future_skew_ms) {
-                return Ok(reject(
-                    Reason::OccurredAtInFuture,
-                    format!(
-                        "occurred_at {} ms is {} s ahead of the record's timestamp {ts} ms \
-                         (at most {} s allowed)",
-                        occurred_ms,
-                        (occurred_ms - ts) / 1000,
-                        self.window.max_future_skew_ms / 1000
-                    ),
-                ));
-            }
-        }
+        let occurred_ms = envelope.occurred_ms;
         let cfg = self.window;
         let clock = self.clock_mut(rec.partition)?;
         clock.at_end_since = None;
@@ -755,12 +760,428 @@ impl<S: DeadLetterSink> Ingestor<S> {
             event_day: cfg.day_of(occurred_ms),
             closed_through,
         };
-        match event.body.expect("checked by decode") {
-            Body::Issued(issued) => self.apply_issued(rec, &event.event_id, when, issued),
-            Body::StatusChanged(change) => {
-                self.apply_status_change(rec, &event.event_id, when, change)
+        match envelope.body {
+            PreparedBody::Issued(Err(r)) | PreparedBody::Changed(Err(r)) => Ok(Err(r)),
+            PreparedBody::Issued(Ok(lodgement)) => {
+                self.apply_issued(&envelope.event_id, when, lodgement)
+            }
+            PreparedBody::Changed(Ok(change)) => {
+                self.apply_status_change(&envelope.event_id, when, change)
             }
         }
+    }
+
+    /// The DER of a certificate: unwritten, else stored.
+    fn body(&self, key: &CertKey) -> Result<Option<Vec<u8>>> {
+        if let Some((b, _)) = self.bodies.get(key) {
+            return Ok(Some(b.clone()));
+        }
+        self.store.get_body(key)
+    }
+
+    /// The current record of a certificate, taken out of the overlay if it is there (with
+    /// its generation, so [`Self::restore`] can put it back unchanged).
+    fn lookup(&mut self, key: &CertKey) -> Result<Option<(CertificateRecord, Option<u64>)>> {
+        if let Some((r, g)) = self.overlay.remove(key) {
+            return Ok(Some((r, Some(g))));
+        }
+        Ok(self.store.get_cert(key)?.map(|r| (r, None)))
+    }
+
+    /// Expire the Organisation and CA certificates of `partition` whose notAfter falls in the
+    /// days `from..=to`, which have just closed on it: each gets status `E` as its last
+    /// change of its expiry day, at the partition's cut (so the same offsets give the same
+    /// result, however partitions interleave).
+    fn expire(&mut self, partition: i32, from: u32, to: u32) -> Result<()> {
+        let mut due: BTreeSet<(u32, CertKey)> = self
+            .store
+            .expiring_between(partition, from, to)?
+            .into_iter()
+            .collect();
+        for (day, key, _) in &self.expiries {
+            if key.partition() == partition && (from..=to).contains(day) {
+                due.insert((*day, key.clone()));
+            }
+        }
+        for (day, key) in due {
+            let Some((mut record, generation)) = self.lookup(&key)? else {
+                continue;
+            };
+            let status = CertificateStatus::try_from(record.status)
+                .unwrap_or(CertificateStatus::Unspecified);
+            if status.is_final() {
+                self.restore(key, record, generation);
+                continue;
+            }
+            let not_after_ms = record.not_after.saturating_mul(1000);
+            record.status = CertificateStatus::Expired as i32;
+            record.status_changed_at_ms = not_after_ms;
+            record.status_reason = EXPIRED_REASON.into();
+            let when = When {
+                occurred_ms: not_after_ms,
+                event_day: day,
+                closed_through: day - 1,
+            };
+            self.put(key, record, when);
+            self.metrics.events_expired.inc();
+        }
+        Ok(())
+    }
+
+    /// Record a changed certificate in the open batch, as its version at the close of its
+    /// delta day (see [`window::delta_day`]), counting it as late when that is after its
+    /// event day.
+    fn put(&mut self, key: CertKey, mut record: CertificateRecord, when: When) {
+        let previous = record.delta_day;
+        let day = window::delta_day(when.event_day, when.closed_through, previous);
+        record.delta_day = day;
+        if day > when.event_day {
+            self.metrics.events_late.inc();
+        }
+        if self.first_day.is_none_or(|f| day < f) {
+            self.first_day = Some(day);
+            self.open.first_day = Some(day);
+            // Until a day has closed, the series starts at the earliest delta day; after
+            // that no change can be earlier than the next open day.
+            if !self.any_closed {
+                self.next_day = Some(day);
+            }
+        }
+        self.open.versions.push((key.clone(), day, record.clone()));
+        self.open.touched.push(key.clone());
+        self.overlay.insert(key, (record, self.open.generation));
+    }
+
+    /// Put a record taken by `lookup` back unchanged.
+    fn restore(&mut self, key: CertKey, record: CertificateRecord, generation: Option<u64>) {
+        if let Some(g) = generation {
+            self.overlay.insert(key, (record, g));
+        }
+    }
+
+    fn apply_issued(
+        &mut self,
+        event_id: &str,
+        when: When,
+        lodgement: Lodgement,
+    ) -> Result<Result<bool, Rejection>> {
+        let Lodgement { key, record, der } = lodgement;
+        if let Some((existing, generation)) = self.lookup(&key)? {
+            let verdict = if existing.applied_event_ids.iter().any(|id| id == event_id) {
+                Ok(false)
+            } else if self.body(&key)?.as_deref() != Some(&der[..]) {
+                reject(
+                    Reason::ConflictingCertificate,
+                    format!(
+                        "certificate {} of {} is already lodged with different DER",
+                        hex::encode_upper(&record.serial),
+                        record.issuer
+                    ),
+                )
+            } else {
+                reject(
+                    Reason::AlreadyLodged,
+                    format!(
+                        "certificate {} of {} was already lodged by another event",
+                        hex::encode_upper(&record.serial),
+                        record.issuer
+                    ),
+                )
+            };
+            self.restore(key, existing, generation);
+            return Ok(verdict);
+        }
+        self.bodies.insert(key.clone(), (der, self.open.generation));
+        self.open.lodged.push(key.clone());
+        if record.certificate_type != StoredType::Device as i32 {
+            // Organisation and CA certificates expire without an event: when the day of
+            // their notAfter closes (or the day they are lodged, if that is later).
+            let lodged_day = window::delta_day(when.event_day, when.closed_through, 0);
+            let expiry_day = self
+                .window
+                .day_of(record.not_after.saturating_mul(1000))
+                .max(lodged_day);
+            self.open.expiries.push((key.clone(), expiry_day));
+            self.expiries
+                .push((expiry_day, key.clone(), self.open.generation));
+        }
+        self.put(key, record, when);
+        Ok(Ok(true))
+    }
+
+    fn apply_status_change(
+        &mut self,
+        event_id: &str,
+        when: When,
+        change: Change,
+    ) -> Result<Result<bool, Rejection>> {
+        let occurred_ms = when.occurred_ms;
+        let Change {
+            key,
+            issuer_name_der,
+            serial,
+            new_status,
+            reason,
+        } = change;
+        let Some((mut record, generation)) = self.lookup(&key)? else {
+            return Ok(reject(
+                Reason::UnknownCertificate,
+                format!(
+                    "no certificate with serial {} is lodged",
+                    hex::encode_upper(&serial)
+                ),
+            ));
+        };
+        let verdict = if record.applied_event_ids.iter().any(|e| e == event_id) {
+            Ok(false)
+        } else if record.issuer_name_der != issuer_name_der {
+            reject(
+                Reason::UnknownCertificate,
+                format!(
+                    "no certificate with serial {} of this issuer is lodged",
+                    hex::encode_upper(&serial)
+                ),
+            )
+        } else {
+            let current = CertificateStatus::try_from(record.status)
+                .unwrap_or(CertificateStatus::Unspecified);
+            if revokes_before_expiry(&record, new_status, occurred_ms) {
+                // The expiry was this service's own inference when the notAfter day closed;
+                // the revocation happened while the certificate was still valid and only
+                // arrived later. It is applied (late, into the next open delta): Parties must
+                // see a certificate revoked during its life as revoked.
+                Ok(true)
+            } else if current.is_final() {
+                reject(
+                    Reason::TransitionFromFinal,
+                    format!(
+                        "certificate {} is {} (final); cannot become {}",
+                        hex::encode_upper(&serial),
+                        current.code(),
+                        new_status.code()
+                    ),
+                )
+            } else if !current.may_become(new_status) {
+                reject(
+                    Reason::InvalidTransition,
+                    format!(
+                        "certificate {}: {} -> {} is not an allowed transition",
+                        hex::encode_upper(&serial),
+                        current.code(),
+                        new_status.code()
+                    ),
+                )
+            } else {
+                Ok(true)
+            }
+        };
+        if verdict == Ok(true) {
+            record.status = new_status as i32;
+            record.status_changed_at_ms = occurred_ms;
+            record.status_reason = reason;
+            record.applied_event_ids.push(event_id.to_string());
+            record.applied_events += 1;
+            self.put(key, record, when);
+        } else {
+            self.restore(key, record, generation);
+        }
+        Ok(verdict)
+    }
+}
+
+/// A revocation that happened before the notAfter of a certificate this service expired
+/// (status `E` set by [`Ingestor::expire`], not by an event): it supersedes the expiry.
+fn revokes_before_expiry(
+    record: &CertificateRecord,
+    new_status: CertificateStatus,
+    occurred_ms: i64,
+) -> bool {
+    let not_after_ms = record.not_after.saturating_mul(1000);
+    new_status == CertificateStatus::Revoked
+        && record.status == CertificateStatus::Expired as i32
+        && record.status_reason == EXPIRED_REASON
+        && record.status_changed_at_ms == not_after_ms
+        && occurred_ms < not_after_ms
+}
+
+/// `status_reason` of an expiry this service applied at the close of the notAfter day.
+const EXPIRED_REASON: &str = "expired";
+
+/// When an event happened, and what its partition's clock said when it arrived.
+#[derive(Clone, Copy, Debug)]
+struct When {
+    occurred_ms: i64,
+    event_day: u32,
+    closed_through: u32,
+}
+
+/// The work on a record that needs nothing but the record: decode the envelope, check it,
+/// parse and classify the certificate of a lodgement, and work out the store key (checking
+/// it against the record key). It is most of the CPU time of ingest and independent of the
+/// state, so a caller may run it on a thread of its own ([`Ingestor::ingest_prepared`]);
+/// [`Ingestor::ingest`] runs it inline.
+pub struct Preparer {
+    max_future_skew_ms: i64,
+    /// Issuer Name DER → (issuer hash, its hex): a handful of issuers sign everything, so
+    /// their hashes are computed once. Cleared if it ever grows past [`ISSUER_CACHE_MAX`].
+    issuers: HashMap<Vec<u8>, ([u8; 8], String)>,
+}
+
+/// A record after [`Preparer::prepare`]: its event, or why it is refused. Rejections found
+/// here come out of [`Ingestor::ingest_prepared`] exactly as `ingest` would give them (the
+/// ones found in the body still let the event's time move the window clock first).
+pub struct Prepared(Result<Envelope, Rejection>);
+
+struct Envelope {
+    event_id: String,
+    occurred_ms: i64,
+    body: PreparedBody,
+}
+
+enum PreparedBody {
+    Issued(Result<Lodgement, Rejection>),
+    Changed(Result<Change, Rejection>),
+}
+
+/// A lodgement: the new record (without its DER), the DER, and the store key.
+struct Lodgement {
+    key: CertKey,
+    record: CertificateRecord,
+    der: Vec<u8>,
+}
+
+/// A status change of the certificate at `key`.
+struct Change {
+    key: CertKey,
+    issuer_name_der: Vec<u8>,
+    serial: Vec<u8>,
+    new_status: CertificateStatus,
+    reason: String,
+}
+
+impl Preparer {
+    /// A preparer for the pipeline with these window settings (the future-skew limit).
+    pub fn new(window: &WindowConfig) -> Preparer {
+        Preparer {
+            max_future_skew_ms: window.max_future_skew_ms,
+            issuers: HashMap::default(),
+        }
+    }
+
+    /// Everything about `rec` that does not depend on the state.
+    pub fn prepare(&mut self, rec: RecordRef<'_>) -> Prepared {
+        Prepared(self.envelope(rec))
+    }
+
+    fn envelope(&mut self, rec: RecordRef<'_>) -> Result<Envelope, Rejection> {
+        let event = decode(rec)?;
+        let occurred_ms = event
+            .occurred_at
+            .as_ref()
+            .map(|t| {
+                t.seconds
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(t.nanos) / 1_000_000)
+            })
+            .expect("checked by decode");
+        if let Some(ts) = rec.timestamp_ms {
+            if occurred_ms > ts.saturating_add(self.max_future_skew_ms) {
+                return reject(
+                    Reason::OccurredAtInFuture,
+                    format!(
+                        "occurred_at {} ms is {} s ahead of the record's timestamp {ts} ms \
+                         (at most {} s allowed)",
+                        occurred_ms,
+                        (occurred_ms - ts) / 1000,
+                        self.max_future_skew_ms / 1000
+                    ),
+                );
+            }
+        }
+        let body = match event.body.expect("checked by decode") {
+            Body::Issued(issued) => {
+                PreparedBody::Issued(self.lodgement(rec, &event.event_id, occurred_ms, issued))
+            }
+            Body::StatusChanged(change) => PreparedBody::Changed(self.change(rec, change)),
+        };
+        Ok(Envelope {
+            event_id: event.event_id,
+            occurred_ms,
+            body,
+        })
+    }
+
+    fn lodgement(
+        &mut self,
+        rec: RecordRef<'_>,
+        event_id: &str,
+        occurred_ms: i64,
+        issued: CertificateIssued,
+    ) -> Result<Lodgement, Rejection> {
+        let initial = match CertificateStatus::try_from(issued.initial_status) {
+            Ok(s @ (CertificateStatus::Pending | CertificateStatus::InUse)) => s,
+            _ => {
+                return reject(
+                    Reason::InvalidStatus,
+                    format!(
+                        "initial status {} is not PENDING or IN_USE",
+                        issued.initial_status
+                    ),
+                )
+            }
+        };
+        let info = match certificate::parse(&issued.certificate_der) {
+            Ok(i) => i,
+            Err(e) => {
+                let reason = match e {
+                    certificate::CertificateError::Unparseable(_) => Reason::CertificateUnparseable,
+                    certificate::CertificateError::Profile(_) => Reason::CertificateProfile,
+                    certificate::CertificateError::Unclassifiable(_) => {
+                        Reason::CertificateUnclassifiable
+                    }
+                };
+                return reject(reason, e.to_string());
+            }
+        };
+        let key = self.key_for(rec, &info.issuer_name_der, &info.serial)?;
+        let (record, der) = new_record(&info, issued, initial, event_id, occurred_ms);
+        Ok(Lodgement { key, record, der })
+    }
+
+    fn change(&mut self, rec: RecordRef<'_>, change: StatusChanged) -> Result<Change, Rejection> {
+        let Some(id) = change.certificate else {
+            return reject(
+                Reason::UnknownCertificate,
+                "status change without a certificate id",
+            );
+        };
+        let serial = certificate::canonical_serial(&id.serial);
+        if id.issuer_name_der.is_empty()
+            || id.serial.is_empty()
+            || serial.len() > certificate::MAX_SERIAL_LEN
+        {
+            return reject(
+                Reason::UnknownCertificate,
+                "status change with an empty issuer, or an empty or over-long serial",
+            );
+        }
+        let key = self.key_for(rec, &id.issuer_name_der, &serial)?;
+        let new_status = match CertificateStatus::try_from(change.new_status) {
+            Ok(CertificateStatus::Unspecified) | Err(_) => {
+                return reject(
+                    Reason::InvalidStatus,
+                    format!("new status {} is not a status", change.new_status),
+                )
+            }
+            Ok(s) => s,
+        };
+        Ok(Change {
+            key,
+            issuer_name_der: id.issuer_name_der,
+            serial,
+            new_status,
+            reason: change.reason,
+        })
     }
 
     /// Issuer hash and its hex, cached.
@@ -811,279 +1232,6 @@ impl<S: DeadLetterSink> Ingestor<S> {
             ),
         }
     }
-
-    /// The DER of a certificate: unwritten, else stored.
-    fn body(&self, key: &CertKey) -> Result<Option<Vec<u8>>> {
-        if let Some((b, _)) = self.bodies.get(key) {
-            return Ok(Some(b.clone()));
-        }
-        self.store.get_body(key)
-    }
-
-    /// The current record of a certificate, taken out of the overlay if it is there (with
-    /// its generation, so [`Self::restore`] can put it back unchanged).
-    fn lookup(&mut self, key: &CertKey) -> Result<Option<(CertificateRecord, Option<u64>)>> {
-        if let Some((r, g)) = self.overlay.remove(key) {
-            return Ok(Some((r, Some(g))));
-        }
-        Ok(self.store.get_cert(key)?.map(|r| (r, None)))
-    }
-
-    /// Expire the Organisation and CA certificates of `partition` whose notAfter falls in the
-    /// days `from..=to`, which have just closed on it: each gets status `E` as its last
-    /// change of its expiry day, at the partition's cut (so the same offsets give the same
-    /// result, however partitions interleave).
-    fn expire(&mut self, partition: i32, from: u32, to: u32) -> Result<()> {
-        let mut due: BTreeSet<(u32, CertKey)> = self
-            .store
-            .expiring_between(partition, from, to)?
-            .into_iter()
-            .collect();
-        for (day, key, _) in &self.expiries {
-            if key.partition() == partition && (from..=to).contains(day) {
-                due.insert((*day, key.clone()));
-            }
-        }
-        for (day, key) in due {
-            let Some((mut record, generation)) = self.lookup(&key)? else {
-                continue;
-            };
-            let status = CertificateStatus::try_from(record.status)
-                .unwrap_or(CertificateStatus::Unspecified);
-            if status.is_final() {
-                self.restore(key, record, generation);
-                continue;
-            }
-            let not_after_ms = record.not_after.saturating_mul(1000);
-            record.status = CertificateStatus::Expired as i32;
-            record.status_changed_at_ms = not_after_ms;
-            record.status_reason = "expired".into();
-            let when = When {
-                occurred_ms: not_after_ms,
-                event_day: day,
-                closed_through: day - 1,
-            };
-            self.put(key, record, when);
-            self.metrics.events_expired.inc();
-        }
-        Ok(())
-    }
-
-    /// Record a changed certificate in the open batch, as its version at the close of its
-    /// delta day (see [`window::delta_day`]), counting it as late when that is after its
-    /// event day.
-    fn put(&mut self, key: CertKey, mut record: CertificateRecord, when: When) {
-        let previous = record.delta_day;
-        let day = window::delta_day(when.event_day, when.closed_through, previous);
-        record.delta_day = day;
-        if day > when.event_day {
-            self.metrics.events_late.inc();
-        }
-        if self.first_day.is_none_or(|f| day < f) {
-            self.first_day = Some(day);
-            self.open.first_day = Some(day);
-            // Until a day has closed, the series starts at the earliest delta day; after
-            // that no change can be earlier than the next open day.
-            if !self.any_closed {
-                self.next_day = Some(day);
-            }
-        }
-        self.open.versions.push((key.clone(), day, record.clone()));
-        self.open.touched.push(key.clone());
-        self.overlay.insert(key, (record, self.open.generation));
-    }
-
-    /// Put a record taken by `lookup` back unchanged.
-    fn restore(&mut self, key: CertKey, record: CertificateRecord, generation: Option<u64>) {
-        if let Some(g) = generation {
-            self.overlay.insert(key, (record, g));
-        }
-    }
-
-    fn apply_issued(
-        &mut self,
-        rec: RecordRef<'_>,
-        event_id: &str,
-        when: When,
-        issued: CertificateIssued,
-    ) -> Result<Result<bool, Rejection>> {
-        let occurred_ms = when.occurred_ms;
-        let initial = match CertificateStatus::try_from(issued.initial_status) {
-            Ok(s @ (CertificateStatus::Pending | CertificateStatus::InUse)) => s,
-            _ => {
-                return Ok(reject(
-                    Reason::InvalidStatus,
-                    format!(
-                        "initial status {} is not PENDING or IN_USE",
-                        issued.initial_status
-                    ),
-                ))
-            }
-        };
-        let info = match certificate::parse(&issued.certificate_der) {
-            Ok(i) => i,
-            Err(e) => {
-                let reason = match e {
-                    certificate::CertificateError::Unparseable(_) => Reason::CertificateUnparseable,
-                    certificate::CertificateError::Profile(_) => Reason::CertificateProfile,
-                    certificate::CertificateError::Unclassifiable(_) => {
-                        Reason::CertificateUnclassifiable
-                    }
-                };
-                return Ok(reject(reason, e.to_string()));
-            }
-        };
-        let key = match self.key_for(rec, &info.issuer_name_der, &info.serial) {
-            Ok(k) => k,
-            Err(r) => return Ok(Err(r)),
-        };
-        if let Some((existing, generation)) = self.lookup(&key)? {
-            let verdict = if existing.applied_event_ids.iter().any(|id| id == event_id) {
-                Ok(false)
-            } else if self.body(&key)?.as_deref() != Some(&issued.certificate_der[..]) {
-                reject(
-                    Reason::ConflictingCertificate,
-                    format!(
-                        "certificate {} of {} is already lodged with different DER",
-                        info.serial_hex(),
-                        info.issuer
-                    ),
-                )
-            } else {
-                reject(
-                    Reason::AlreadyLodged,
-                    format!(
-                        "certificate {} of {} was already lodged by another event",
-                        info.serial_hex(),
-                        info.issuer
-                    ),
-                )
-            };
-            self.restore(key, existing, generation);
-            return Ok(verdict);
-        }
-        let (record, der) = new_record(&info, issued, initial, event_id, occurred_ms);
-        self.bodies.insert(key.clone(), (der, self.open.generation));
-        self.open.lodged.push(key.clone());
-        if info.cert_type != CertificateType::Device {
-            // Organisation and CA certificates expire without an event: when the day of
-            // their notAfter closes (or the day they are lodged, if that is later).
-            let lodged_day = window::delta_day(when.event_day, when.closed_through, 0);
-            let expiry_day = self
-                .window
-                .day_of(info.not_after.saturating_mul(1000))
-                .max(lodged_day);
-            self.open.expiries.push((key.clone(), expiry_day));
-            self.expiries
-                .push((expiry_day, key.clone(), self.open.generation));
-        }
-        self.put(key, record, when);
-        Ok(Ok(true))
-    }
-
-    fn apply_status_change(
-        &mut self,
-        rec: RecordRef<'_>,
-        event_id: &str,
-        when: When,
-        change: StatusChanged,
-    ) -> Result<Result<bool, Rejection>> {
-        let occurred_ms = when.occurred_ms;
-        let Some(id) = change.certificate else {
-            return Ok(reject(
-                Reason::UnknownCertificate,
-                "status change without a certificate id",
-            ));
-        };
-        let serial = certificate::canonical_serial(&id.serial);
-        if id.issuer_name_der.is_empty()
-            || id.serial.is_empty()
-            || serial.len() > certificate::MAX_SERIAL_LEN
-        {
-            return Ok(reject(
-                Reason::UnknownCertificate,
-                "status change with an empty issuer, or an empty or over-long serial",
-            ));
-        }
-        let key = match self.key_for(rec, &id.issuer_name_der, &serial) {
-            Ok(k) => k,
-            Err(r) => return Ok(Err(r)),
-        };
-        let new_status = match CertificateStatus::try_from(change.new_status) {
-            Ok(CertificateStatus::Unspecified) | Err(_) => {
-                return Ok(reject(
-                    Reason::InvalidStatus,
-                    format!("new status {} is not a status", change.new_status),
-                ))
-            }
-            Ok(s) => s,
-        };
-        let Some((mut record, generation)) = self.lookup(&key)? else {
-            return Ok(reject(
-                Reason::UnknownCertificate,
-                format!(
-                    "no certificate with serial {} is lodged",
-                    hex::encode_upper(&serial)
-                ),
-            ));
-        };
-        let verdict = if record.applied_event_ids.iter().any(|e| e == event_id) {
-            Ok(false)
-        } else if record.issuer_name_der != id.issuer_name_der {
-            reject(
-                Reason::UnknownCertificate,
-                format!(
-                    "no certificate with serial {} of this issuer is lodged",
-                    hex::encode_upper(&serial)
-                ),
-            )
-        } else {
-            let current = CertificateStatus::try_from(record.status)
-                .unwrap_or(CertificateStatus::Unspecified);
-            if current.is_final() {
-                reject(
-                    Reason::TransitionFromFinal,
-                    format!(
-                        "certificate {} is {} (final); cannot become {}",
-                        hex::encode_upper(&serial),
-                        current.code(),
-                        new_status.code()
-                    ),
-                )
-            } else if !current.may_become(new_status) {
-                reject(
-                    Reason::InvalidTransition,
-                    format!(
-                        "certificate {}: {} -> {} is not an allowed transition",
-                        hex::encode_upper(&serial),
-                        current.code(),
-                        new_status.code()
-                    ),
-                )
-            } else {
-                Ok(true)
-            }
-        };
-        if verdict == Ok(true) {
-            record.status = new_status as i32;
-            record.status_changed_at_ms = occurred_ms;
-            record.status_reason = change.reason;
-            record.applied_event_ids.push(event_id.to_string());
-            record.applied_events += 1;
-            self.put(key, record, when);
-        } else {
-            self.restore(key, record, generation);
-        }
-        Ok(verdict)
-    }
-}
-
-/// When an event happened, and what its partition's clock said when it arrived.
-#[derive(Clone, Copy, Debug)]
-struct When {
-    occurred_ms: i64,
-    event_day: u32,
-    closed_through: u32,
 }
 
 /// Protobuf decode and envelope checks.
@@ -1679,6 +1827,42 @@ mod tests {
             h.ing.store.get_version(&key, d29).unwrap().unwrap().status,
             CertificateStatus::Expired as i32
         );
+        // A revocation that happened before notAfter but arrives after the expiry is not
+        // refused: it supersedes the expiry, late, in the next open day.
+        assert_eq!(
+            h.feed(
+                &korg,
+                &change_at(
+                    "o3",
+                    &org,
+                    CertificateStatus::Revoked,
+                    secs("2025-10-29T12:00:00Z"),
+                ),
+            ),
+            Outcome::Applied
+        );
+        h.ing.commit().unwrap();
+        let rec = h.stored(&org).unwrap();
+        assert_eq!(rec.status, CertificateStatus::Revoked as i32);
+        assert_eq!(rec.delta_day, d29 + 1, "late: the next open day");
+        assert_eq!(
+            h.ing.store.get_version(&key, d29).unwrap().unwrap().status,
+            CertificateStatus::Expired as i32,
+            "the closed day keeps its version"
+        );
+        // Revoked is final for real: nothing moves it again.
+        assert!(matches!(
+            h.feed(
+                &korg,
+                &change_at(
+                    "o4",
+                    &org,
+                    CertificateStatus::Revoked,
+                    secs("2025-10-29T13:00:00Z"),
+                ),
+            ),
+            Outcome::DeadLettered(_)
+        ));
     }
 
     #[test]
@@ -1780,5 +1964,96 @@ mod tests {
         )
         .unwrap();
         assert_eq!(again.next_day(), Some(d + 2));
+    }
+
+    /// An idle cut on one partition, then event time on that partition passing the day
+    /// before a third partition lets the day close everywhere: the close must still record
+    /// the idle cut, or a replay would put the events after it into the wrong day.
+    #[test]
+    fn an_idle_cut_is_recorded_even_when_event_time_catches_up_before_the_day_closes() {
+        let a = fixture("00db12345678900a-ds.pem");
+        let b = fixture("00db12345678900a-ka.pem");
+        let (ka, kb) = (key_text(&a), key_text(&b));
+        let mut h = Harness::new(MemoryDeadLetters::default());
+        h.ing.set_partitions(3, &[0, 1, 2]).unwrap();
+        let d = london_day(2026, 11, 2);
+        let lodge =
+            |id: &str, der: &[u8], t: &str| lodge_at(id, der, secs(t), CertificateStatus::Pending);
+        h.feed_on(0, 0, &ka, &lodge("a1", &a, "2026-11-02T09:00:00Z"));
+        h.feed_on(1, 0, &kb, &lodge("b1", &b, "2026-11-02T09:30:00Z"));
+        // Partition 2 passes 2 Nov by event time (an unknown certificate: dead-lettered,
+        // but its event time counts).
+        h.feed_on(
+            2,
+            0,
+            b"x",
+            &change_at(
+                "c1",
+                &a,
+                CertificateStatus::InUse,
+                secs("2026-11-03T06:00:00Z"),
+            ),
+        );
+        let now = secs("2026-11-03T06:00:00Z") * 1000;
+        // Partition 0 is caught up and idle: cut through 2 Nov at its next offset, 1.
+        h.ing.note_end(0, now).unwrap();
+        h.ing.tick(now + 60_000).unwrap();
+        assert!(
+            h.ing.take_closed().is_empty(),
+            "partition 1 holds 2 Nov open"
+        );
+        // Partition 0 gets a late event of 2 Nov, then passes 2 Nov by event time.
+        h.feed_on(
+            0,
+            1,
+            &ka,
+            &change_at(
+                "a2",
+                &a,
+                CertificateStatus::InUse,
+                secs("2026-11-02T20:00:00Z"),
+            ),
+        );
+        h.ing.commit().unwrap();
+        assert_eq!(h.stored_on(0, &a).unwrap().delta_day, d + 1, "late");
+        h.feed_on(
+            0,
+            2,
+            &ka,
+            &change_at(
+                "a3",
+                &a,
+                CertificateStatus::NotInUse,
+                secs("2026-11-03T07:00:00Z"),
+            ),
+        );
+        // Partition 1 passes 2 Nov by event time: the day closes everywhere.
+        h.feed_on(
+            1,
+            1,
+            &kb,
+            &change_at(
+                "b2",
+                &b,
+                CertificateStatus::InUse,
+                secs("2026-11-03T07:00:00Z"),
+            ),
+        );
+        h.ing.tick(now + 120_000).unwrap();
+        let closed = h.ing.take_closed();
+        assert_eq!(closed.iter().map(|c| c.day).collect::<Vec<_>>(), vec![d]);
+        let cut = closed[0]
+            .forced_cuts
+            .get(&0)
+            .expect("the idle cut of partition 0");
+        assert_eq!((cut.offset, cut.rule.as_str()), (1, "idle"));
+        assert!(
+            !closed[0].forced_cuts.contains_key(&1),
+            "closed by event time"
+        );
+        assert!(
+            !closed[0].forced_cuts.contains_key(&2),
+            "closed by event time"
+        );
     }
 }

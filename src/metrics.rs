@@ -127,6 +127,11 @@ pub struct Metrics {
     replay_target: IntGauge,
     replay_done: IntGauge,
     replay_started_at: Gauge,
+    replay_compacting: IntGauge,
+    sync_in_progress: IntGauge,
+    sync_files_applied: IntCounterVec,
+    sync_records_applied: IntCounter,
+    sync_last_success: Gauge,
     /// Readiness facts (see [`Status`]).
     pub status: Arc<Status>,
     /// Where the store observer puts the open store, for the scrape-time RocksDB figures.
@@ -309,6 +314,28 @@ impl Metrics {
                 "smki_replay_started_timestamp_seconds",
                 "When the last replay started (Unix seconds); 0 if none.",
             ),
+            replay_compacting: int_gauge(
+                "smki_replay_compacting",
+                "1 while a replay that has read everything flushes and compacts the rebuilt \
+                 store (no records move then), else 0.",
+            ),
+            sync_in_progress: int_gauge(
+                "smki_sync_in_progress",
+                "1 while `sync` checks and applies published files to a Party's copy, else 0.",
+            ),
+            sync_files_applied: counter_vec(
+                "smki_sync_files_applied_total",
+                "Published files `sync` applied to the local copy, by kind.",
+                "kind",
+            ),
+            sync_records_applied: counter(
+                "smki_sync_records_applied_total",
+                "Certificate records `sync` applied to the local copy.",
+            ),
+            sync_last_success: gauge(
+                "smki_sync_last_success_timestamp_seconds",
+                "When `sync` last brought the copy up to date (Unix seconds); 0 if never.",
+            ),
             status: Arc::new(Status {
                 store_open: AtomicBool::new(false),
                 lag_records: AtomicI64::new(-1),
@@ -324,6 +351,7 @@ impl Metrics {
             m.file_records.with_label_values(&k);
             m.file_publish_duration.with_label_values(&k);
             m.file_last_success.with_label_values(&k);
+            m.sync_files_applied.with_label_values(&k);
         }
         register(
             &m.registry,
@@ -433,6 +461,33 @@ impl Metrics {
     /// The replay finished (successfully or not).
     pub fn replay_finished(&self) {
         self.replay_in_progress.set(0);
+        self.replay_compacting.set(0);
+    }
+
+    /// The replay read everything and flushes and compacts the store (`true`), or is done
+    /// with that (`false`): progress in records stands still meanwhile, and the stall alert
+    /// must not mistake it for a stuck replay.
+    pub fn replay_compacting(&self, on: bool) {
+        self.replay_compacting.set(i64::from(on));
+    }
+
+    /// `sync` started checking and applying files.
+    pub fn sync_started(&self) {
+        self.sync_in_progress.set(1);
+    }
+
+    /// `sync` ended: on success with what it applied (`(kind, records)` per file).
+    pub fn sync_finished(&self, applied: Option<&[(FileKind, u64)]>) {
+        self.sync_in_progress.set(0);
+        if let Some(files) = applied {
+            for (kind, records) in files {
+                self.sync_files_applied
+                    .with_label_values(&[kind.as_str()])
+                    .inc();
+                self.sync_records_applied.inc_by(*records);
+            }
+            self.sync_last_success.set(unix_now());
+        }
     }
 
     /// The exposition of every metric in Prometheus text format (what `/metrics` serves).
@@ -599,7 +654,45 @@ mod tests {
         assert_eq!(sample(&t, "smki_replay_in_progress"), Some(1.0));
         assert_eq!(sample(&t, "smki_replay_target_records"), Some(1000.0));
         assert_eq!(sample(&t, "smki_replay_done_records"), Some(250.0));
+        m.replay_compacting(true);
+        assert_eq!(sample(&m.render(), "smki_replay_compacting"), Some(1.0));
         m.replay_finished();
         assert_eq!(sample(&m.render(), "smki_replay_in_progress"), Some(0.0));
+        assert_eq!(sample(&m.render(), "smki_replay_compacting"), Some(0.0));
+    }
+
+    #[test]
+    fn sync_progress_is_reported() {
+        let m = Metrics::new();
+        assert_eq!(
+            sample(&m.render(), "smki_sync_files_applied_total{kind=\"delta\"}"),
+            Some(0.0)
+        );
+        m.sync_started();
+        assert_eq!(sample(&m.render(), "smki_sync_in_progress"), Some(1.0));
+        m.sync_finished(Some(&[
+            (FileKind::Full, 100),
+            (FileKind::Delta, 7),
+            (FileKind::Delta, 3),
+        ]));
+        let t = m.render();
+        assert_eq!(sample(&t, "smki_sync_in_progress"), Some(0.0));
+        assert_eq!(
+            sample(&t, "smki_sync_files_applied_total{kind=\"delta\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&t, "smki_sync_files_applied_total{kind=\"full\"}"),
+            Some(1.0)
+        );
+        assert_eq!(sample(&t, "smki_sync_records_applied_total"), Some(110.0));
+        assert!(sample(&t, "smki_sync_last_success_timestamp_seconds").unwrap() > 0.0);
+        // A failed sync changes nothing but the in-progress flag.
+        m.sync_started();
+        m.sync_finished(None);
+        assert_eq!(
+            sample(&m.render(), "smki_sync_records_applied_total"),
+            Some(110.0)
+        );
     }
 }

@@ -61,12 +61,22 @@ pub struct Due {
     pub day: u32,
 }
 
-/// Every file that should exist given the closed days, oldest first (a day's delta before
-/// its full).
+/// Every file that should exist given the closed days whose close the close log has
+/// acknowledged ([`Store::close_log_mark`]), oldest first (a day's delta before its full).
+/// A day closed in the store but not yet in the close log has no file: a replay could not
+/// reproduce it if the store were lost.
 pub fn files_that_should_exist(store: &Store, settings: &PublishSettings) -> Result<Vec<Due>> {
-    let (Some(first), Some(last)) = (store.first_day()?, store.last_closed_day()?) else {
+    let (Some(first), Some(closed), Some(logged)) = (
+        store.first_day()?,
+        store.last_closed_day()?,
+        store.close_log_mark()?,
+    ) else {
         return Ok(Vec::new());
     };
+    let last = closed.min(logged);
+    if last < first {
+        return Ok(Vec::new());
+    }
     let keep = settings.retention.delta_days.max(1) as u32;
     let oldest_delta = first.max(last.saturating_sub(keep - 1));
     let mut fulls: Vec<u32> = (first..=last)
@@ -280,6 +290,20 @@ mod tests {
             });
         }
         store.write(b).unwrap();
+        assert!(
+            files_that_should_exist(&store, &settings())
+                .unwrap()
+                .is_empty(),
+            "closes the close log has not acknowledged have no files"
+        );
+        store.set_close_log_mark(first + 16).unwrap();
+        let due = files_that_should_exist(&store, &settings()).unwrap();
+        assert_eq!(
+            due.last().map(|d| d.day),
+            Some(first + 16),
+            "only up to the close log's mark"
+        );
+        store.set_close_log_mark(first + 17).unwrap();
         let due = files_that_should_exist(&store, &settings()).unwrap();
         let names: Vec<String> = due
             .iter()

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 
 use chrono_tz::Tz;
 
-use crate::contract::{ForcedCut, PartitionClock};
+use crate::contract::{DayClose, ForcedCut, PartitionClock};
 use crate::day::{date_of_day, day_of_millis, start_of_day_millis};
 
 /// Settings of the window clock.
@@ -59,6 +59,18 @@ impl WindowConfig {
             deadline_ms: 2 * 3_600_000,
             max_future_skew_ms: 3_600_000,
         }
+    }
+
+    /// The settings a replay must share with the run it reproduces: those that decide
+    /// where event time cuts a partition and which events are refused (the idle and
+    /// deadline rules are wall-clock decisions, recorded as forced cuts instead).
+    pub fn replay_settings(&self) -> String {
+        format!(
+            "tz={} grace_ms={} max_future_skew_ms={}",
+            self.tz.name(),
+            self.grace_ms,
+            self.max_future_skew_ms
+        )
     }
 
     /// The calendar day of an instant.
@@ -151,7 +163,8 @@ impl Clock {
     /// Force the partition closed through `day` at `offset` (its next offset) by `rule`.
     /// Returns false when the day was already closed on it.
     pub fn force(&mut self, cfg: &WindowConfig, day: u32, offset: i64, rule: &str) -> bool {
-        if day <= self.closed_through(cfg) {
+        let closed = self.closed_through(cfg);
+        if day <= closed {
             return false;
         }
         self.state.forced_through = day;
@@ -159,22 +172,24 @@ impl Clock {
             through_day: day,
             offset,
             rule: rule.to_string(),
+            from_day: closed + 1,
         });
         self.dirty = true;
         true
     }
 
-    /// The forced cut that first closed `day` on this partition, if it was forced.
+    /// The forced cut that first closed `day` on this partition, if it was forced. A cut
+    /// stays the one that closed `day` even when event time on the partition passes `day`
+    /// later on: the events between the cut and that point were routed late by it.
     pub fn forced_cut_of(&self, cfg: &WindowConfig, day: u32) -> Option<ForcedCut> {
-        let by_time = self.closed_by_time(cfg);
-        // Cuts are in offset order with growing days: the first covering `day` closed it,
-        // unless event time had closed it already (then it was not forced).
-        self.state
-            .forced
-            .iter()
-            .find(|c| c.through_day >= day)
-            .filter(|_| by_time < day)
-            .cloned()
+        // Cuts are in offset order with growing days.
+        let first = self.state.forced.iter().find(|c| c.through_day >= day)?;
+        if first.from_day != 0 {
+            return (first.from_day <= day).then(|| first.clone());
+        }
+        // A cut recorded without its first day: it closed `day` unless event time had
+        // already closed it (the best that can be said from the current watermark).
+        (self.closed_by_time(cfg) < day).then(|| first.clone())
     }
 
     /// Forget forced cuts that only concern days up to `day` (folded into their DayClose).
@@ -195,6 +210,28 @@ pub fn delta_day(event_day: u32, closed_through: u32, previous_delta_day: u32) -
     event_day
         .max(closed_through.saturating_add(1))
         .max(previous_delta_day)
+}
+
+/// Refuse to replay `closes` with settings other than those they were decided with
+/// ([`WindowConfig::replay_settings`]): the files would differ.
+pub fn check_replay_settings<'a>(
+    cfg: &WindowConfig,
+    closes: impl IntoIterator<Item = &'a DayClose>,
+) -> anyhow::Result<()> {
+    let ours = cfg.replay_settings();
+    if let Some(other) = closes
+        .into_iter()
+        .find(|c| !c.window_settings.is_empty() && c.window_settings != ours)
+    {
+        anyhow::bail!(
+            "the close of {} was decided with window settings \"{}\", this replay has \
+             \"{ours}\": the files would differ. Replay with the original's settings \
+             (ingest.time_zone, window.grace_secs, window.max_future_skew_secs)",
+            date_of_day(other.day),
+            other.window_settings
+        );
+    }
+    Ok(())
 }
 
 /// Why a partition is being forced: what [`forced_cuts`] decided for one partition.
@@ -327,6 +364,23 @@ mod tests {
         assert_eq!(clock.forced_cut_of(&c, d - 2), None, "closed by event time");
         clock.prune_forced(d);
         assert_eq!(clock.state.forced.len(), 1);
+    }
+
+    #[test]
+    fn a_forced_cut_stays_the_cut_of_its_days_when_event_time_catches_up() {
+        let c = cfg();
+        let d = day(2026, 11, 2);
+        let mut clock = Clock::default();
+        clock.observe(&c, ms("2026-11-02T12:00:00Z"));
+        assert!(clock.force(&c, d, 40, "idle"));
+        // Later records of 2 Nov (late, routed to 3 Nov), then event time passes 2 Nov.
+        clock.observe(&c, ms("2026-11-03T00:30:00Z"));
+        assert_eq!(clock.closed_through(&c), d);
+        let cut = clock
+            .forced_cut_of(&c, d)
+            .expect("the idle cut closed 2 Nov");
+        assert_eq!((cut.offset, cut.from_day), (40, d));
+        assert_eq!(clock.forced_cut_of(&c, d - 1), None, "1 Nov closed by time");
     }
 
     #[test]

@@ -214,4 +214,40 @@ fn a_kill_at_any_instant_leaves_nothing_partial_and_the_rerun_is_byte_identical(
     for dir in [&clean_dir, &crashed, &config.output.dir] {
         files::assert_published_files_valid(dir);
     }
+
+    // On-demand files that retention would remove at once, or a full of another weekday
+    // beside the weekly ones, are refused with the reason, and the directory is unchanged.
+    // The service's directory holds the deltas up to 2 Nov: 26 Oct is 7 days older.
+    for (dir, args, says) in [
+        (
+            &crashed,
+            ["full", "--as-of", "2026-10-30"],
+            "full extracts are as of Sun",
+        ),
+        (
+            &config.output.dir,
+            ["delta", "--day", "2026-10-26"],
+            "retention would remove it",
+        ),
+    ] {
+        let before = std::fs::read(dir.join(MANIFEST)).unwrap();
+        let out = Command::new(bin())
+            .args(args)
+            .args(["--topic", "certs", "--store"])
+            .arg(&config.store.path)
+            .arg("--output-dir")
+            .arg(dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join(MANIFEST)).unwrap(),
+            before,
+            "{args:?}"
+        );
+    }
 }

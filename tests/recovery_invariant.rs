@@ -21,6 +21,7 @@
 mod files;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
@@ -30,7 +31,7 @@ use rand_chacha::ChaCha20Rng;
 
 use smki_extract::contract::{
     record_key, Body, CertificateEvent, CertificateId, CertificateIssued, CertificateStatus,
-    StatusChanged,
+    DayClose, StatusChanged,
 };
 use smki_extract::day::{date_of_day, day_of_date};
 use smki_extract::deadletter::MemoryDeadLetters;
@@ -39,7 +40,7 @@ use smki_extract::extract::gzip::GzOptions;
 use smki_extract::extract::publish::{Publisher, Retention};
 use smki_extract::extract::xml::{read_extract, ExtractKind, ParsedRecord};
 use smki_extract::gen::pki::{self, Hierarchy, Usage};
-use smki_extract::ingest::{Ingestor, RecordRef};
+use smki_extract::ingest::{Ingestor, Preparer, RecordRef};
 use smki_extract::metrics::Metrics;
 use smki_extract::publication::publish_one;
 use smki_extract::store::Store;
@@ -251,8 +252,9 @@ fn history(pool: &Pool, rng: &mut ChaCha20Rng) -> History {
         );
         model.insert(c.key.clone(), s);
     }
-    // Organisations: lodged In use early; some revoked a day or more before they expire
-    // (never late: a revocation after the expiry would be refused as a transition from E).
+    // Organisations: lodged In use early; some revoked a day or more before they expire,
+    // and delivered late like anything else: a revocation that arrives after the expiry
+    // (applied when the notAfter day closed) still revokes.
     let orgs: Vec<&PoolCert> = pool.orgs.iter().filter(|_| rng.gen_bool(0.5)).collect();
     for c in orgs {
         let na = c.not_after_ms.unwrap();
@@ -270,7 +272,7 @@ fn history(pool: &Pool, rng: &mut ChaCha20Rng) -> History {
             CertificateStatus::InUse,
             lodged,
             &steps,
-            false,
+            true,
             &mut events,
         );
         // Every notAfter falls in a day that closes before the end of the test.
@@ -316,6 +318,21 @@ fn history(pool: &Pool, rng: &mut ChaCha20Rng) -> History {
     History { events, model }
 }
 
+/// What one run of a history through the pipeline did.
+struct Ingested {
+    /// Days closed.
+    closed: u64,
+    /// The first day not closed.
+    next_day: u32,
+    /// The window settings drawn for the run.
+    window: WindowConfig,
+    /// Each partition's records, in offset order.
+    streams: Vec<Vec<(String, Vec<u8>, i64)>>,
+    /// Expiries applied, late events counted.
+    expired: u64,
+    late: u64,
+}
+
 /// Feed a history through the real pipeline, as a consumer would see it: per partition in
 /// offset order, partitions interleaved by when the (possibly lagging) consumer reads them.
 /// `on_close` is called with each day as soon as it closes (the service publishes then).
@@ -324,7 +341,7 @@ fn ingest(
     rng: &mut ChaCha20Rng,
     store: Arc<Store>,
     mut on_close: impl FnMut(u32),
-) -> (u64, u32) {
+) -> Ingested {
     let partitions: i32 = rng.gen_range(1..=12);
     let window = WindowConfig {
         tz: tz(),
@@ -333,8 +350,9 @@ fn ingest(
         deadline_ms: rng.gen_range(1..4) * HOUR,
         max_future_skew_ms: HOUR,
     };
+    let metrics = Metrics::new();
     let mut ing =
-        Ingestor::new(store, MemoryDeadLetters::default(), window, Metrics::new()).unwrap();
+        Ingestor::new(store, MemoryDeadLetters::default(), window, metrics.clone()).unwrap();
     let all: Vec<i32> = (0..partitions).collect();
     ing.set_partitions(partitions, &all).unwrap();
     // Per-partition streams in emit order; each partition's consumer lags by its own amount.
@@ -345,9 +363,16 @@ fn ingest(
     for s in &mut streams {
         s.sort_by_key(|e| e.emit_ms);
     }
-    let lag: Vec<i64> = (0..partitions)
+    let mut lag: Vec<i64> = (0..partitions)
         .map(|_| rng.gen_range(0..6 * HOUR))
         .collect();
+    // Sometimes one partition's consumer is far behind (a stalled fetch): its backlog holds
+    // days open for a day or more while the others are cut by the idle rule and then pass
+    // those days by their own event time.
+    if partitions > 2 && rng.gen_bool(0.4) {
+        let slow = rng.gen_range(0..partitions) as usize;
+        lag[slow] = rng.gen_range(12 * HOUR..36 * HOUR);
+    }
     let mut reads: Vec<(i64, i32, i64)> = Vec::new(); // (read at, partition, offset)
     for (p, s) in streams.iter().enumerate() {
         for (o, e) in s.iter().enumerate() {
@@ -405,7 +430,80 @@ fn ingest(
             .map(|l| &l.detail)
             .collect::<Vec<_>>()
     );
-    (closed, ing.next_day().expect("something closed"))
+    Ingested {
+        closed,
+        next_day: ing.next_day().expect("something closed"),
+        window,
+        streams: streams
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .map(|e| (e.key.clone(), e.value.clone(), e.emit_ms))
+                    .collect()
+            })
+            .collect(),
+        expired: metrics.events_expired.get(),
+        late: metrics.events_late.get(),
+    }
+}
+
+/// Replay: the same partitions read again into `store`, in another interleaving, cutting
+/// where the original's day closes say (no wall clock), as `smki-extract replay` does.
+fn replay(
+    run: &Ingested,
+    closes: &BTreeMap<u32, DayClose>,
+    rng: &mut ChaCha20Rng,
+    store: Arc<Store>,
+) {
+    let mut ing = Ingestor::new(
+        store,
+        MemoryDeadLetters::default(),
+        run.window,
+        Metrics::new(),
+    )
+    .unwrap();
+    let partitions = run.streams.len() as i32;
+    let all: Vec<i32> = (0..partitions).collect();
+    ing.set_partitions(partitions, &all).unwrap();
+    ing.plan_cuts(closes).unwrap();
+    let mut preparer = Preparer::new(&run.window);
+    let mut next = vec![0usize; run.streams.len()];
+    let batch = rng.gen_range(1..500);
+    loop {
+        let open: Vec<usize> = (0..run.streams.len())
+            .filter(|p| next[*p] < run.streams[*p].len())
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        // A burst from one partition, as a fetch delivers them.
+        let p = open[rng.gen_range(0..open.len())];
+        for _ in 0..rng.gen_range(1..40) {
+            let Some((key, value, emit_ms)) = run.streams[p].get(next[p]) else {
+                break;
+            };
+            let rec = RecordRef {
+                partition: p as i32,
+                offset: next[p] as i64,
+                key: Some(key.as_bytes()),
+                value: Some(value),
+                timestamp_ms: Some(*emit_ms),
+            };
+            // As `replay` does: the record-only work by a separate preparer.
+            let prepared = preparer.prepare(rec);
+            ing.ingest_prepared(rec, prepared).unwrap();
+            next[p] += 1;
+            if ing.pending_records() >= batch {
+                ing.commit().unwrap();
+            }
+        }
+    }
+    let ends: BTreeMap<i32, i64> = next
+        .iter()
+        .enumerate()
+        .map(|(p, n)| (p as i32, *n as i64))
+        .collect();
+    ing.finish_replay(&ends).unwrap();
 }
 
 /// Records of partition `p` read at or before `now`.
@@ -457,12 +555,13 @@ fn check_history(pool: &Pool, seed: u64) {
         ..GzOptions::default()
     };
     let mut closed_days = Vec::new();
-    let (closed, next_day) = ingest(&h, &mut rng, store.clone(), |day| {
+    let run = ingest(&h, &mut rng, store.clone(), |day| {
         closed_days.push(day);
         for kind in [ExtractKind::Delta, ExtractKind::Full] {
             publish_one(&store, &mut publisher, kind, day, gz).unwrap();
         }
     });
+    let (closed, next_day) = (run.closed, run.next_day);
     let first = store.first_day().unwrap().unwrap();
     assert_eq!(
         closed,
@@ -532,6 +631,41 @@ fn check_history(pool: &Pool, seed: u64) {
             assert_eq!(n as u64, e.records, "seed {seed}: {}", e.name);
         }
     }
+    // Guarantee 5: a replay of the topic (another interleaving, no wall clock) cutting where
+    // the original's recorded closes say writes the same bytes for every day: the
+    // publisher refuses different bytes under a published name.
+    let closes: BTreeMap<u32, DayClose> = store
+        .closes()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.day, c))
+        .collect();
+    let replayed = Arc::new(Store::open(&dir.path().join("replayed"), "t").unwrap());
+    replay(&run, &closes, &mut rng, replayed.clone());
+    assert_eq!(
+        replayed
+            .closes()
+            .unwrap()
+            .iter()
+            .map(|c| c.day)
+            .collect::<Vec<_>>(),
+        (first..=last).collect::<Vec<_>>(),
+        "seed {seed}: the replay closes the same days"
+    );
+    for day in first..=last {
+        for kind in [ExtractKind::Delta, ExtractKind::Full] {
+            publish_one(&replayed, &mut publisher, kind, day, gz).unwrap_or_else(|e| {
+                panic!("seed {seed}: replayed {kind:?} {}: {e:#}", date_of_day(day))
+            });
+        }
+    }
+    COVERAGE.note(
+        &closes,
+        run.expired,
+        run.late,
+        run.streams.iter().filter(|s| s.is_empty()).count(),
+    );
+
     // The last full is the model's end state.
     let expected = in_use(h.model.clone());
     assert_eq!(
@@ -567,4 +701,61 @@ fn full_d_equals_full_d_minus_7_plus_the_deltas_over_randomized_histories() {
             });
         }
     });
+    // The histories exercised what they claim to (so a generator change that stopped
+    // producing late events, idle partitions, cuts or expiries would fail here).
+    let c = &COVERAGE;
+    let got = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    eprintln!(
+        "coverage over {cases} histories: {} idle cuts, {} deadline cuts, {} late changes, \
+         {} expiries, {} partitions without events",
+        got(&c.idle_cuts),
+        got(&c.deadline_cuts),
+        got(&c.late),
+        got(&c.expired),
+        got(&c.empty_partitions)
+    );
+    if cases >= 50 {
+        for (what, n) in [
+            ("idle cuts", got(&c.idle_cuts)),
+            ("deadline cuts", got(&c.deadline_cuts)),
+            ("late changes", got(&c.late)),
+            ("expiries", got(&c.expired)),
+            ("partitions without events", got(&c.empty_partitions)),
+        ] {
+            assert!(n > 0, "no history had {what}");
+        }
+    }
+}
+
+/// What the histories exercised, summed over all of them.
+struct Coverage {
+    idle_cuts: AtomicU64,
+    deadline_cuts: AtomicU64,
+    late: AtomicU64,
+    expired: AtomicU64,
+    empty_partitions: AtomicU64,
+}
+
+static COVERAGE: Coverage = Coverage {
+    idle_cuts: AtomicU64::new(0),
+    deadline_cuts: AtomicU64::new(0),
+    late: AtomicU64::new(0),
+    expired: AtomicU64::new(0),
+    empty_partitions: AtomicU64::new(0),
+};
+
+impl Coverage {
+    fn note(&self, closes: &BTreeMap<u32, DayClose>, expired: u64, late: u64, empty: usize) {
+        for cut in closes.values().flat_map(|c| c.forced_cuts.values()) {
+            match cut.rule.as_str() {
+                "idle" => &self.idle_cuts,
+                _ => &self.deadline_cuts,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+        }
+        self.expired.fetch_add(expired, Ordering::Relaxed);
+        self.late.fetch_add(late, Ordering::Relaxed);
+        self.empty_partitions
+            .fetch_add(empty as u64, Ordering::Relaxed);
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use smki_extract::config::Config;
 use smki_extract::consumer::{self, RunOptions};
 use smki_extract::day::day_of_date;
@@ -44,6 +44,30 @@ fn run_until(config: &Config, last_day: u32) -> consumer::RunSummary {
         Metrics::new(),
     )
     .unwrap()
+}
+
+/// Every file the original could have published — the delta of every closed day and the
+/// full of every closed Sunday, not only those retention kept — rewritten from `store`:
+/// name → sha256.
+fn rewrite_every_day(store: &Store, closed: &[u32]) -> BTreeMap<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let keep_all = Retention {
+        delta_days: 10_000,
+        fulls_kept: 10_000,
+    };
+    let mut p = Publisher::open(dir.path(), keep_all).unwrap();
+    let mut out = BTreeMap::new();
+    for day in closed {
+        let mut kinds = vec![ExtractKind::Delta];
+        if smki_extract::day::date_of_day(*day).weekday() == chrono::Weekday::Sun {
+            kinds.push(ExtractKind::Full);
+        }
+        for kind in kinds {
+            let e = publish_one(store, &mut p, kind, *day, GzOptions::default()).unwrap();
+            out.insert(e.name, e.sha256);
+        }
+    }
+    out
 }
 
 /// Every file of the original's manifest, rewritten from `store`: name → sha256.
@@ -179,6 +203,23 @@ fn a_replayed_store_writes_the_same_files_as_the_original() {
         late
     };
     assert!(original_late > 0, "the published deltas hold late events");
+    // Every day the original closed, including those retention has since removed: the day
+    // the deadline closed (26 Oct) and the day its late events went to (27 Oct) among them.
+    let closed_days: Vec<u32> = closes.iter().map(|c| c.day).collect();
+    assert!(closed_days.contains(&half) && closed_days.contains(&(half + 1)));
+    assert!(
+        closes
+            .iter()
+            .find(|c| c.day == half)
+            .is_some_and(|c| c.forced_cuts.values().any(|cut| cut.rule == "deadline")),
+        "26 Oct was closed by the deadline"
+    );
+    let every_day = rewrite_every_day(&original, &closed_days);
+    assert_eq!(
+        every_day.len(),
+        closed_days.len() + 2,
+        "a delta a day and 2 Sundays' fulls"
+    );
     drop(original);
 
     // The store is lost: replay it into an empty directory.
@@ -192,6 +233,21 @@ fn a_replayed_store_writes_the_same_files_as_the_original() {
         rewrite(&replayed, &m),
         published,
         "the replayed store writes byte-identical files"
+    );
+    assert_eq!(
+        replayed
+            .closes()
+            .unwrap()
+            .iter()
+            .map(|c| c.day)
+            .collect::<Vec<_>>(),
+        closed_days,
+        "the replay closes the same days"
+    );
+    assert_eq!(
+        rewrite_every_day(&replayed, &closed_days),
+        every_day,
+        "the replayed store writes byte-identical files for every closed day"
     );
     drop(replayed);
     // A replay into a directory that is not empty is refused.
@@ -226,6 +282,18 @@ fn a_replayed_store_writes_the_same_files_as_the_original() {
     assert_ne!(
         without, published,
         "the close log's cuts made no difference: the test is blind"
+    );
+
+    // A replay with other window settings than the original's would write other files: it
+    // is refused before it reads anything.
+    let mut other = lost.clone();
+    other.store.path = dir.path().join("other-grace");
+    other.window.grace_secs = 600;
+    let err = replay(&other, &ReplayLimits::default(), Metrics::new()).unwrap_err();
+    assert!(format!("{err:#}").contains("window settings"), "{err:#}");
+    assert!(
+        !other.store.path.exists(),
+        "refused before creating the store"
     );
 
     // A replay up to given offsets reads only that far and leaves a store the service opens.

@@ -206,42 +206,36 @@ impl Publisher {
         Ok(entry)
     }
 
+    /// Whether retention would keep the `kind` file of `day` if it were published now. A
+    /// file it would not keep is removed the moment it is written (a delta older than the
+    /// retention window, a full older than the fulls kept): on-demand commands refuse it.
+    pub fn would_keep(&self, kind: ExtractKind, day: NaiveDate) -> bool {
+        let name = kind.file_name(day);
+        let mut days: Vec<(&str, NaiveDate, &str)> = self
+            .manifest
+            .files
+            .iter()
+            .filter(|f| f.name != name)
+            .map(|f| (f.kind.as_str(), f.day, f.name.as_str()))
+            .collect();
+        days.push((kind.as_str(), day, &name));
+        !expired_by_retention(&days, self.retention).contains(&name.as_str())
+    }
+
     /// Drop expired files from the manifest; returns their names (to delete after the
     /// manifest is saved).
     fn apply_retention(&mut self) -> Vec<String> {
-        let delta = ExtractKind::Delta.as_str();
-        let full = ExtractKind::Full.as_str();
-        let newest_delta = self
+        let days: Vec<(&str, NaiveDate, &str)> = self
             .manifest
             .files
             .iter()
-            .filter(|f| f.kind == delta)
-            .map(|f| f.day)
-            .max();
-        let mut fulls: Vec<NaiveDate> = self
-            .manifest
-            .files
-            .iter()
-            .filter(|f| f.kind == full)
-            .map(|f| f.day)
+            .map(|f| (f.kind.as_str(), f.day, f.name.as_str()))
             .collect();
-        fulls.sort_unstable_by(|a, b| b.cmp(a));
-        let oldest_full_kept = fulls
-            .get(self.retention.fulls_kept.saturating_sub(1))
-            .copied();
-        let retention = self.retention;
-        let mut removed = Vec::new();
-        self.manifest.files.retain(|f| {
-            let keep = if f.kind == delta {
-                newest_delta.is_none_or(|n| (n - f.day).num_days() < retention.delta_days)
-            } else {
-                oldest_full_kept.is_none_or(|o| f.day >= o)
-            };
-            if !keep {
-                removed.push(f.name.clone());
-            }
-            keep
-        });
+        let removed: Vec<String> = expired_by_retention(&days, self.retention)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        self.manifest.files.retain(|f| !removed.contains(&f.name));
         self.manifest
             .files
             .sort_by(|a, b| (b.kind.as_str(), a.day).cmp(&(a.kind.as_str(), b.day)));
@@ -253,6 +247,30 @@ impl Publisher {
         text.push(b'\n');
         write_atomically(&self.dir, MANIFEST, &text)
     }
+}
+
+/// The names among `files` (kind, day, name) that retention removes: deltas once one
+/// `delta_days` or more newer exists, fulls beyond the newest `fulls_kept`.
+fn expired_by_retention<'a>(
+    files: &[(&str, NaiveDate, &'a str)],
+    retention: Retention,
+) -> Vec<&'a str> {
+    let delta = ExtractKind::Delta.as_str();
+    let newest_delta = files.iter().filter(|f| f.0 == delta).map(|f| f.1).max();
+    let mut fulls: Vec<NaiveDate> = files.iter().filter(|f| f.0 != delta).map(|f| f.1).collect();
+    fulls.sort_unstable_by(|a, b| b.cmp(a));
+    let oldest_full_kept = fulls.get(retention.fulls_kept.saturating_sub(1)).copied();
+    files
+        .iter()
+        .filter(|(kind, day, _)| {
+            if *kind == delta {
+                newest_delta.is_some_and(|n| (n - *day).num_days() >= retention.delta_days)
+            } else {
+                oldest_full_kept.is_some_and(|o| *day < o)
+            }
+        })
+        .map(|f| f.2)
+        .collect()
 }
 
 /// Counts and hashes what passes through, so the file is hashed while it is written.
@@ -464,6 +482,24 @@ mod tests {
         expected_files.push(MANIFEST.into());
         expected_files.sort();
         assert_eq!(names(dir.path()), expected_files);
+        // What retention would drop at once is known before writing (on-demand commands
+        // refuse it); what it keeps, or a newer file, is fine.
+        let nov = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        assert!(
+            !p.would_keep(ExtractKind::Delta, nov(8)),
+            "7 days older than the 15th"
+        );
+        assert!(p.would_keep(ExtractKind::Delta, nov(9)));
+        assert!(p.would_keep(ExtractKind::Delta, nov(20)));
+        assert!(
+            !p.would_keep(ExtractKind::Full, nov(1)),
+            "older than the 2 fulls kept"
+        );
+        assert!(
+            p.would_keep(ExtractKind::Full, nov(8)),
+            "already listed: kept"
+        );
+        assert!(p.would_keep(ExtractKind::Full, nov(10)));
     }
 
     /// The building blocks together: records from the real fixtures → streaming XML →

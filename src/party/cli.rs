@@ -21,6 +21,9 @@ pub struct SyncArgs {
     /// The local copy (created on first use).
     #[arg(long)]
     pub copy: PathBuf,
+    /// Serve /metrics (smki_sync_*, process figures) on host:port while syncing.
+    #[arg(long)]
+    pub http_address: Option<String>,
 }
 
 /// `verify FILE…`.
@@ -78,7 +81,31 @@ pub struct ExportArgs {
 /// `sync`: one JSON summary on stdout; exit non-zero (with the reason) on any refusal.
 pub fn run_sync(args: &SyncArgs) -> Result<()> {
     let t = Instant::now();
-    let report = super::sync::sync(&args.dir, &args.copy)?;
+    let metrics = crate::metrics::Metrics::new();
+    let _http = match args.http_address.as_deref() {
+        Some(addr) => Some(crate::http::HttpServer::start(addr, metrics.clone(), 0)?),
+        None => None,
+    };
+    metrics.sync_started();
+    let report = match super::sync::sync(&args.dir, &args.copy) {
+        Ok(r) => r,
+        Err(e) => {
+            metrics.sync_finished(None);
+            return Err(e);
+        }
+    };
+    let applied: Vec<(crate::metrics::FileKind, u64)> = report
+        .full
+        .iter()
+        .map(|f| (crate::metrics::FileKind::Full, f.records))
+        .chain(
+            report
+                .deltas
+                .iter()
+                .map(|f| (crate::metrics::FileKind::Delta, f.records)),
+        )
+        .collect();
+    metrics.sync_finished(Some(&applied));
     let names =
         |v: &[copy::AppliedFile]| -> Vec<String> { v.iter().map(|f| f.name.clone()).collect() };
     println!(
