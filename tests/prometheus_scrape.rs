@@ -7,8 +7,9 @@
 //! every metric the Grafana dashboard and the alert rules read exists in it (and every
 //! dashboard query is valid PromQL for this Prometheus).
 //!
-//! The window clock and the publisher are not wired into `run` yet: this test stands in for
-//! them by calling their documented `Metrics` methods once, and checks what Prometheus sees.
+//! The window clock and the publisher run inside `run` (six days close and their files are
+//! published); replay is another command, so the test sets the replay series through their
+//! documented `Metrics` methods and checks what Prometheus sees of them.
 //!
 //! The second test runs the binary itself (`smki-extract run --http-address …`) and checks
 //! `/healthz`, `/readyz` and `/metrics` of the child process, and a clean SIGTERM exit.

@@ -167,10 +167,13 @@ def check_set(chart, chart_dir, name, values, out_dir, promtool):
         sel = sm["spec"]["selector"]["matchLabels"]
         ports = {e["port"] for e in sm["spec"]["endpoints"]}
         hits = [s for s in services if sel.items() <= s["metadata"]["labels"].items()
-                and ports & {p["name"] for p in s["spec"]["ports"]}
-                and s["spec"].get("clusterIP") != "None"]
-        if not hits:
-            die(f"{where}: the ServiceMonitor selects no Service with a port named {ports}")
+                and ports & {p["name"] for p in s["spec"]["ports"]}]
+        # Exactly one Service: two Services over the same pods (the headless one included)
+        # would have the Prometheus Operator scrape every pod twice, under two jobs.
+        if len(hits) != 1 or hits[0]["spec"].get("clusterIP") == "None":
+            names = [s["metadata"]["name"] for s in hits]
+            die(f"{where}: the ServiceMonitor must select exactly the metrics Service "
+                f"with a port named {ports}; it selects {names}")
     (out_dir / "manifests.json").write_text(json.dumps([d for _, d in docs], indent=1))
     (out_dir / "manifests.yaml").write_text(yaml.safe_dump_all([d for _, d in docs], sort_keys=False))
     (out_dir / "NOTES.txt").write_text(notes)
