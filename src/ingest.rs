@@ -562,7 +562,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
             return Ok(Outcome::AlreadyApplied);
         }
         let prepared = self.preparer.prepare(rec);
-        self.take(rec, prepared)
+        self.apply_new(rec, prepared)
     }
 
     /// [`Self::ingest`] for a record whose record-only work a [`Preparer`] did already,
@@ -572,7 +572,7 @@ impl<S: DeadLetterSink> Ingestor<S> {
         if self.already_applied(rec)? {
             return Ok(Outcome::AlreadyApplied);
         }
-        self.take(rec, prepared)
+        self.apply_new(rec, prepared)
     }
 
     /// Count a record read, and say whether the store already covers its offset.
@@ -587,7 +587,8 @@ impl<S: DeadLetterSink> Ingestor<S> {
         Ok(false)
     }
 
-    fn take(&mut self, rec: RecordRef<'_>, prepared: Prepared) -> Result<Outcome> {
+    /// Apply a record the store does not cover yet, prepared, and account for it.
+    fn apply_new(&mut self, rec: RecordRef<'_>, prepared: Prepared) -> Result<Outcome> {
         if !self.cut_plan.is_empty() {
             self.apply_planned_cuts(rec.partition, rec.offset)?;
         }
