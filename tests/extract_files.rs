@@ -7,16 +7,14 @@
 //! the newest full and the later deltas holds exactly the store's In-use set; and the bytes
 //! are the same with 1 and 4 compression threads and across two independent runs.
 
+#[path = "common/embedded.rs"]
+mod embedded;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{Datelike, NaiveDate};
 use smki_extract::config::Config;
-use smki_extract::consumer::{self, RunOptions};
 use smki_extract::contract::{record_key, CertificateStatus};
 use smki_extract::day::{date_of_day, day_of_date};
 use smki_extract::extract::gzip::GzOptions;
@@ -24,7 +22,6 @@ use smki_extract::extract::publish::{Manifest, Publisher, Retention, MANIFEST};
 use smki_extract::extract::xml::{read_extract, ExtractKind, ParsedRecord, SCHEMA_PATH};
 use smki_extract::gen::{history, output};
 use smki_extract::metrics::Metrics;
-use smki_extract::mock::EmbeddedKafka;
 use smki_extract::publication::publish_one;
 use smki_extract::store::Store;
 
@@ -53,39 +50,14 @@ struct Run {
 }
 
 fn pipeline(h: &history::History, gzip_threads: usize) -> Run {
-    let kafka = EmbeddedKafka::start(1).unwrap();
-    kafka.create_topic("certs", 4).unwrap();
-    kafka.create_topic("certs.dlq", 1).unwrap();
-    kafka.create_topic("certs.closes", 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = kafka.bootstrap_servers();
-    config.kafka.topic = "certs".into();
-    config.kafka.group_id = "files".into();
-    config
-        .kafka
-        .properties
-        .insert("session.timeout.ms".into(), "6000".into());
-    config.store.path = dir.path().join("store");
-    config.output.dir = dir.path().join("output");
+    let (_kafka, mut config) = embedded::service(4, "files", dir.path());
     config.output.gzip_threads = gzip_threads;
     config.ingest.batch_max_records = 250;
     output::produce(&h.records, &config.kafka.client_config(), "certs", |_| {}).unwrap();
-    let window = config.window_config().unwrap();
     let last_day = day_of_date(spec().start) + DAYS - 1;
-    let now = window.end_of_day_ms(last_day) + window.deadline_ms + 60_000;
     let metrics = Metrics::new();
-    let summary = consumer::run(
-        &config,
-        Arc::new(AtomicBool::new(false)),
-        RunOptions {
-            stop_at_end: true,
-            end_grace: Duration::from_millis(300),
-            simulated_now_ms: Some(now),
-        },
-        metrics.clone(),
-    )
-    .unwrap();
+    let summary = embedded::run_past(&config, last_day, metrics.clone());
     assert_eq!(summary.applied, h.expected.applied);
     // Every day of the history closed (and the days after it that the partitions' event time
     // passed: revocations and bad events reach beyond the last day).

@@ -17,18 +17,16 @@
 //!   error naming the file, and the local copy unchanged, both for a first sync and for a
 //!   copy that has synced before; `verify` flags each defective file.
 
+#[path = "common/embedded.rs"]
+mod embedded;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use chrono::NaiveDate;
 use sha2::{Digest, Sha256};
-use smki_extract::config::Config;
-use smki_extract::consumer::{self, RunOptions};
 use smki_extract::contract::{record_key, CertificateStatus, StoredType};
 use smki_extract::day::day_of_date;
 use smki_extract::extract::gzip::GzOptions;
@@ -36,7 +34,6 @@ use smki_extract::extract::publish::{Manifest, Publisher, Retention, MANIFEST};
 use smki_extract::extract::xml::ExtractKind;
 use smki_extract::gen::{history, output};
 use smki_extract::metrics::Metrics;
-use smki_extract::mock::EmbeddedKafka;
 use smki_extract::party::copy::{open_read_only, status_of};
 use smki_extract::publication::publish_one;
 use smki_extract::store::Store;
@@ -72,35 +69,11 @@ fn fixture() -> &'static Fixture {
             threads: 2,
         };
         let h = history::generate(&spec).unwrap();
-        let kafka = EmbeddedKafka::start(1).unwrap();
-        kafka.create_topic("certs", 4).unwrap();
-        kafka.create_topic("certs.dlq", 1).unwrap();
-        let mut config = Config::default();
-        config.kafka.bootstrap_servers = kafka.bootstrap_servers();
-        config.kafka.topic = "certs".into();
-        config.kafka.group_id = "party".into();
-        config
-            .kafka
-            .properties
-            .insert("session.timeout.ms".into(), "6000".into());
-        config.store.path = root.join("store");
-        config.output.dir = root.join("output");
+        let (_kafka, mut config) = embedded::service(4, "party", &root);
         config.ingest.batch_max_records = 250;
         output::produce(&h.records, &config.kafka.client_config(), "certs", |_| {}).unwrap();
-        let window = config.window_config().unwrap();
         let last_day = day_of_date(spec.start) + DAYS - 1;
-        let now = window.end_of_day_ms(last_day) + window.deadline_ms + 60_000;
-        let summary = consumer::run(
-            &config,
-            Arc::new(AtomicBool::new(false)),
-            RunOptions {
-                stop_at_end: true,
-                end_grace: Duration::from_millis(300),
-                simulated_now_ms: Some(now),
-            },
-            Metrics::new(),
-        )
-        .unwrap();
+        let summary = embedded::run_past(&config, last_day, Metrics::new());
         assert_eq!(summary.applied, h.expected.applied);
         assert!(summary.days_closed >= u64::from(DAYS));
         Fixture {

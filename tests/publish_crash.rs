@@ -4,6 +4,8 @@
 //! temporary file is listed, and any file under a final name is byte-identical to the one a
 //! clean run writes. A run after the crashes completes and writes exactly the clean bytes.
 
+#[path = "common/embedded.rs"]
+mod embedded;
 #[path = "common/files.rs"]
 mod files;
 use std::collections::BTreeMap;
@@ -21,7 +23,6 @@ use smki_extract::day::day_of_date;
 use smki_extract::extract::publish::{sha256_of, Manifest, MANIFEST};
 use smki_extract::gen::{history, output};
 use smki_extract::metrics::Metrics;
-use smki_extract::mock::EmbeddedKafka;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_smki-extract")
@@ -41,18 +42,7 @@ fn build_store(dir: &Path) -> Config {
         threads: 2,
     };
     let h = history::generate(&spec).unwrap();
-    let kafka = EmbeddedKafka::start(1).unwrap();
-    kafka.create_topic("certs", 4).unwrap();
-    kafka.create_topic("certs.dlq", 1).unwrap();
-    kafka.create_topic("certs.closes", 1).unwrap();
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = kafka.bootstrap_servers();
-    config.kafka.topic = "certs".into();
-    config
-        .kafka
-        .properties
-        .insert("session.timeout.ms".into(), "6000".into());
-    config.store.path = dir.join("store");
+    let (_kafka, mut config) = embedded::service(4, "smki-extract", dir);
     config.output.dir = dir.join("service-output");
     output::produce(&h.records, &config.kafka.client_config(), "certs", |_| {}).unwrap();
     let window = config.window_config().unwrap();

@@ -4,23 +4,19 @@
 //! days that received late events. Without the close log's cuts the files would differ
 //! (checked, so the test can fail).
 
+#[path = "common/embedded.rs"]
+mod embedded;
 #[path = "common/files.rs"]
 mod files;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{Datelike, NaiveDate};
-use smki_extract::config::Config;
-use smki_extract::consumer::{self, RunOptions};
 use smki_extract::day::day_of_date;
 use smki_extract::extract::gzip::GzOptions;
 use smki_extract::extract::publish::{Manifest, Publisher, Retention, MANIFEST};
 use smki_extract::extract::xml::ExtractKind;
 use smki_extract::gen::{history, output};
 use smki_extract::metrics::Metrics;
-use smki_extract::mock::EmbeddedKafka;
 use smki_extract::publication::publish_one;
 use smki_extract::replay::{replay, ReplayLimits};
 use smki_extract::store::Store;
@@ -29,21 +25,6 @@ const DAYS: u32 = 16;
 
 fn start() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 10, 19).unwrap()
-}
-
-fn run_until(config: &Config, last_day: u32) -> consumer::RunSummary {
-    let window = config.window_config().unwrap();
-    consumer::run(
-        config,
-        Arc::new(AtomicBool::new(false)),
-        RunOptions {
-            stop_at_end: true,
-            end_grace: Duration::from_millis(300),
-            simulated_now_ms: Some(window.end_of_day_ms(last_day) + window.deadline_ms + 60_000),
-        },
-        Metrics::new(),
-    )
-    .unwrap()
 }
 
 /// Every file the original could have published — the delta of every closed day and the
@@ -133,21 +114,8 @@ fn a_replayed_store_writes_the_same_files_as_the_original() {
         "events of the first half delivered in the second: {late_after_half}"
     );
 
-    let kafka = EmbeddedKafka::start(1).unwrap();
-    for (t, n) in [("certs", 4), ("certs.dlq", 1), ("certs.closes", 1)] {
-        kafka.create_topic(t, n).unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = kafka.bootstrap_servers();
-    config.kafka.topic = "certs".into();
-    config.kafka.group_id = "original".into();
-    config
-        .kafka
-        .properties
-        .insert("session.timeout.ms".into(), "6000".into());
-    config.store.path = dir.path().join("store");
-    config.output.dir = dir.path().join("output");
+    let (kafka, mut config) = embedded::service(4, "original", dir.path());
     config.ingest.batch_max_records = 300;
     // A long grace: by event time alone a day closes 6 h after its end, so the deadline cut
     // at the end of the first half makes late what event time alone would not.
@@ -157,10 +125,10 @@ fn a_replayed_store_writes_the_same_files_as_the_original() {
     // The original: the first half, caught up past the deadline of its last day (the
     // deadline cuts every partition there), then the rest with its late events.
     output::produce(&before, &config.kafka.client_config(), "certs", |_| {}).unwrap();
-    let one = run_until(&config, half);
+    let one = embedded::run_past(&config, half, Metrics::new());
     assert!(one.days_closed >= 8, "{} days closed", one.days_closed);
     output::produce(&after, &config.kafka.client_config(), "certs", |_| {}).unwrap();
-    let two = run_until(&config, first + DAYS - 1);
+    let two = embedded::run_past(&config, first + DAYS - 1, Metrics::new());
     assert!(two.days_closed >= 8, "{} days closed", two.days_closed);
     let original = Store::open_read_only(&config.store.path, "certs").unwrap();
     let closes = original.closes().unwrap();
